@@ -1,0 +1,1 @@
+"""Datasets: the ground-truth frame type and readers/writers for standard panoptic layouts."""

@@ -1,0 +1,53 @@
+"""Ground-truth frames, the common currency of the generator, the dataset readers/writers and evaluation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from panoptic_ros.camera import CameraModel
+
+
+@dataclass(frozen=True)
+class ObjectAnnotation:
+    """One thing instance in one frame."""
+
+    track_id: int  # instance id; stable for the whole sequence, never reused, >= 1
+    class_id: int  # train id
+    area_px: int  # visible pixels in this frame (0 when fully occluded)
+    visible_fraction: float  # visible pixels / pixels the object would cover alone, 0..1
+    amodal_box_xyxy: tuple[float, float, float, float]  # box of the whole object, visible or not, pixels
+    position_m: tuple[float, float, float] | None = None  # ground contact point, camera optical frame, metres
+    occluder_track_id: int = 0  # the thing covering most of the object when it is mostly hidden, 0 = none
+    is_crowd: bool = False
+
+
+@dataclass
+class PanopticFrame:
+    """An image with its panoptic ground truth.
+
+    ``semantic`` holds train ids (255 = void); ``instance`` holds the track id
+    of the thing at each pixel (0 for stuff and void). ``objects`` lists every
+    thing of the frame, including fully occluded ones (area_px == 0) that are
+    still in the field of view.
+    """
+
+    image: np.ndarray  # uint8 (H, W, 3) RGB
+    semantic: np.ndarray  # uint8 (H, W)
+    instance: np.ndarray  # int32 (H, W)
+    objects: list[ObjectAnnotation] = field(default_factory=list)
+    camera: CameraModel | None = None
+    stamp_ns: int = 0
+    frame_index: int = 0
+    sequence: str = ""
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    def visible_objects(self) -> list[ObjectAnnotation]:
+        return [o for o in self.objects if o.area_px > 0]

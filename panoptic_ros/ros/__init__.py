@@ -1,0 +1,1 @@
+"""ROS 2 glue: message conversion, the node, parameters, QoS and diagnostics."""
