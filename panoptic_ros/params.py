@@ -86,6 +86,42 @@ class TrackerParams:
     embedding_weight: float = param(0.3, "Weight of appearance similarity in the association affinity",
                                     minimum=0.0, maximum=1.0, dynamic=True)
     camera_motion_compensation: bool = param(True, "Estimate the camera's image motion and compensate predictions")
+    high_score_threshold: float = param(0.5, "Detections at or above this score are associated first; those "
+                                             "between low_score_threshold and this only extend existing tracks "
+                                             "(ByteTrack's second stage)", minimum=0.0, maximum=1.0, dynamic=True)
+    low_score_threshold: float = param(0.1, "Detections below this score are ignored by the tracker",
+                                       minimum=0.0, maximum=1.0, dynamic=True)
+    new_track_score_threshold: float = param(0.6, "Lowest score of an unmatched detection that starts a new "
+                                                  "(tentative) track", minimum=0.0, maximum=1.0, dynamic=True)
+    max_tentative_missed_frames: int = param(1, "Consecutive misses after which a not yet confirmed track is "
+                                                "dropped", minimum=0, maximum=100, dynamic=True, unit="frames")
+    max_center_distance: float = param(1.0, "Association gate: largest distance between a track's predicted "
+                                            "and a detection's box centre, in box sizes (sqrt of box area)",
+                                       minimum=0.0, maximum=100.0, dynamic=True)
+    occlusion_threshold: float = param(0.5, "Fraction of an unmatched track's predicted region that another "
+                                            "thing must cover for the track to count as occluded (kept "
+                                            "max_occluded_frames) rather than lost (kept max_lost_frames)",
+                                       minimum=0.0, maximum=1.0, dynamic=True)
+    reid_max_distance: float = param(1.0, "Re-identification gate for occluded and lost tracks: largest gap "
+                                          "between the predicted box and a detection's box, in track sizes "
+                                          "(detections touching the occluder pass regardless)",
+                                     minimum=0.0, maximum=100.0, dynamic=True)
+    reid_min_similarity: float = param(0.5, "Re-identification needs at least this appearance cosine "
+                                            "similarity when both sides have embeddings", minimum=-1.0,
+                                       maximum=1.0, dynamic=True)
+    compatible_classes: list[str] = param(["person:rider"], "Pairs of class names (or ids) that may match each "
+                                                            "other although they differ, as 'a:b'")
+    embedding_momentum: float = param(0.9, "Weight of the stored appearance in its moving average (the new "
+                                           "detection gets 1 - this)", minimum=0.0, maximum=1.0, dynamic=True)
+    mask_stride: int = param(4, "Masks are compared on every mask_stride-th pixel (speed over precision)",
+                             minimum=1, maximum=32, unit="px")
+    max_tracks: int = param(1000, "Most tracks held at once (tentative, lost and occluded included)",
+                            minimum=1, maximum=100000)
+    max_frame_gap_s: float = param(1.0, "A stamp step larger than this, zero or negative is a clock jump: "
+                                        "the motion model steps by the recent frame period instead",
+                                   minimum=0.0, maximum=3600.0, unit="s")
+    camera_motion_width_px: int = param(256, "Camera motion is estimated on the image sub-sampled to about "
+                                             "this width", minimum=16, maximum=4096, unit="px")
 
 
 @dataclass

@@ -51,3 +51,11 @@ class PanopticFrame:
 
     def visible_objects(self) -> list[ObjectAnnotation]:
         return [o for o in self.objects if o.area_px > 0]
+
+
+class DatasetError(ValueError):
+    """A dataset file, directory or bag that cannot be read or written as asked.
+
+    Raised at the dataset boundary (readers and writers) with a message that
+    names the offending file or value and says how to fix it.
+    """

@@ -1,0 +1,1 @@
+"""The EfficientPS-style panoptic model: backbone, 2-way FPN, heads, fusion, training, inference."""

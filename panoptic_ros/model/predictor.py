@@ -1,0 +1,161 @@
+"""The one inference API: a batch of HxWx3 uint8 RGB frames in, typed panoptic results out.
+
+Everything else (the ROS node, replay, evaluation, the demo, benchmarks)
+calls :class:`Predictor`. It uploads the frames as uint8 (pinned memory on
+CUDA), resizes and normalises on the device, runs the network under
+autocast (fp16/bf16 on CUDA), fuses each image with EfficientPS's fusion at
+network resolution and upsamples the two id maps once to the frame's size.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from panoptic_ros.classes import ClassTable
+from panoptic_ros.model.checkpoint import ModelCard, load_model
+from panoptic_ros.model.efficientps import EfficientPS
+from panoptic_ros.model.fusion import FusionOutput, panoptic_fusion
+from panoptic_ros.panoptic import PanopticResult
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class FusionSettings:
+    score_threshold: float = 0.5
+    overlap_threshold: float = 0.5
+    min_stuff_area: int = 64
+
+
+def resolve_device(name: str) -> torch.device:
+    if name in ("", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
+    return dev
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    if name in ("", "auto"):
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {name!r}")
+    return PRECISIONS[name]
+
+
+class Predictor:
+    def __init__(self, model: EfficientPS, card: ModelCard, device: str | torch.device = "auto",
+                 precision: str = "auto", fusion: FusionSettings = FusionSettings(),
+                 max_detections: int | None = None, rpn_post_nms_top_n: int | None = None,
+                 input_size: tuple[int, int] | None = None) -> None:
+        self.device = resolve_device(str(device))
+        self.dtype = resolve_precision(precision, self.device)
+        self.card = card
+        self.model = model.to(self.device).eval()
+        self.fusion = fusion
+        cfg = card.config
+        self.input_size = input_size or (cfg.input_height, cfg.input_width)
+        if self.input_size[0] % 32 or self.input_size[1] % 32:
+            raise ValueError(f"input size must be a multiple of 32, got {self.input_size}")
+        heads = self.model.instance_head
+        if max_detections is not None:
+            heads.roi_heads.detections_per_img = int(max_detections)
+        if rpn_post_nms_top_n is not None:
+            heads.rpn._post_nms_top_n["testing"] = int(rpn_post_nms_top_n)
+        self._thing_ids = list(cfg.classes.thing_ids)
+        self._stuff_ids = list(cfg.classes.stuff_ids)
+        self._thing_lut = torch.tensor(self._thing_ids, dtype=torch.long, device=self.device)
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, device: str = "auto", expected_classes: ClassTable | None = None,
+                  **kwargs) -> "Predictor":
+        model, card = load_model(path, expected_classes=expected_classes, device="cpu")
+        return cls(model, card, device=device, **kwargs)
+
+    @property
+    def classes(self) -> ClassTable:
+        return self.card.config.classes
+
+    def with_fusion(self, **changes) -> None:
+        self.fusion = replace(self.fusion, **changes)
+
+    def predict(self, frames: Sequence[np.ndarray] | np.ndarray) -> list[PanopticResult]:
+        """frames: HxWx3 uint8 RGB images (sizes may differ) -> one PanopticResult each, at each frame's size."""
+        if isinstance(frames, np.ndarray) and frames.ndim == 3:
+            frames = [frames]
+        for i, f in enumerate(frames):
+            if not (isinstance(f, np.ndarray) and f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3
+                    and f.shape[0] > 0 and f.shape[1] > 0):
+                raise ValueError(f"frame {i} must be an HxWx3 uint8 RGB array, got "
+                                 f"{getattr(f, 'dtype', type(f))} {getattr(f, 'shape', '')}")
+        if not len(frames):
+            return []
+        t0 = time.perf_counter()
+        h, w = self.input_size
+        batch = []
+        for f in frames:
+            t = torch.from_numpy(np.ascontiguousarray(f))
+            if self.device.type == "cuda":
+                t = t.pin_memory().to(self.device, non_blocking=True)
+            t = t.permute(2, 0, 1)[None].float()
+            if t.shape[-2:] != (h, w):
+                t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
+            batch.append(t)
+        x = self.model.normalize(torch.cat(batch))
+        t1 = time.perf_counter()
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            raw = self.model.predict_normalized(x)
+        results = []
+        t2 = time.perf_counter()
+        for i, f in enumerate(frames):
+            det = raw.detections[i]
+            fused = panoptic_fusion(
+                raw.semantic_logits[i].float(), det.boxes.float(), self._thing_lut[det.labels - 1], det.scores.float(),
+                det.mask_logits.float(), thing_ids=self._thing_ids, stuff_ids=self._stuff_ids,
+                score_threshold=self.fusion.score_threshold, overlap_threshold=self.fusion.overlap_threshold,
+                min_stuff_area=self.fusion.min_stuff_area)
+            results.append(self._to_result(fused, det, f.shape[:2]))
+        t3 = time.perf_counter()
+        for r in results:
+            r.timings_ms.update(preprocess=(t1 - t0) * 1e3 / len(frames), network=(t2 - t1) * 1e3 / len(frames),
+                                fusion=(t3 - t2) * 1e3 / len(frames))
+        return results
+
+    def _to_result(self, fused: FusionOutput, det, out_hw: tuple[int, int]) -> PanopticResult:
+        class_map, instance_map = fused.class_map, fused.instance_map
+        if tuple(class_map.shape) != tuple(out_hw):
+            class_map = F.interpolate(class_map[None, None].float(), size=out_hw, mode="nearest")[0, 0].to(torch.uint8)
+            instance_map = F.interpolate(instance_map[None, None].float(), size=out_hw,
+                                         mode="nearest")[0, 0].to(torch.int32)
+        k = len(fused.keep)
+        boxes = masks_to_boxes(instance_map, k)
+        keep = fused.keep
+        classes = self._thing_lut[det.labels[keep] - 1] if k else torch.zeros(0, dtype=torch.long)
+        return PanopticResult(
+            class_map=class_map.cpu().numpy(), instance_map=instance_map.cpu().numpy(),
+            classes=classes.cpu().numpy().astype(np.int64), scores=det.scores[keep].float().cpu().numpy(),
+            boxes_xyxy=boxes.cpu().numpy(), embeddings=det.embeddings[keep].float().cpu().numpy())
+
+
+def masks_to_boxes(instance_map: torch.Tensor, k: int) -> torch.Tensor:
+    """(H, W) ids 1..k -> (k, 4) float xyxy boxes of each id's pixels (x2/y2 exclusive)."""
+    if k == 0:
+        return torch.zeros((0, 4), dtype=torch.float32)
+    h, w = instance_map.shape
+    ids = instance_map.long().flatten()
+    ys = torch.arange(h, device=ids.device).repeat_interleave(w)
+    xs = torch.arange(w, device=ids.device).repeat(h)
+    big = torch.full((k + 1,), h + w, device=ids.device, dtype=torch.long)
+    small = torch.full((k + 1,), -1, device=ids.device, dtype=torch.long)
+    x1 = big.scatter_reduce(0, ids, xs, "amin")
+    y1 = big.clone().scatter_reduce(0, ids, ys, "amin")
+    x2 = small.scatter_reduce(0, ids, xs, "amax")
+    y2 = small.clone().scatter_reduce(0, ids, ys, "amax")
+    return torch.stack([x1, y1, x2 + 1, y2 + 1], dim=1)[1:].float()

@@ -1,0 +1,350 @@
+"""``panoptic-ros train``: train the panoptic model, resumably, with a progress bar and loss curves.
+
+Data: the synthetic generator (``--data synth``, frames rendered on the fly
+from training seeds, so the model never sees a held-out seed) or a dataset
+directory in any layout ``panoptic_ros.datasets.loader`` reads (Cityscapes
+panoptic, COCO panoptic, video panoptic). Each step takes pairs of frames
+from one sequence (or one image twice for still datasets) because the
+appearance-embedding loss contrasts the same objects across frames.
+
+Everything that must survive an interruption lives in ``OUT/train_state``
+(safetensors + JSON); re-running the same command resumes from there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+
+from panoptic_ros.datasets.types import PanopticFrame
+from panoptic_ros.model.checkpoint import (ModelCard, load_training_state, save_model,
+                                           save_training_state)
+from panoptic_ros.model.config import PRESETS, ModelConfig
+from panoptic_ros.model.efficientps import EfficientPS, build_model
+from panoptic_ros.model.targets import frame_to_sample
+
+
+@dataclass
+class TrainSettings:
+    out: str
+    preset: str = "demo"
+    data: str = "synth"
+    steps: int = 4000
+    pairs_per_step: int = 1  # each pair is two images
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    grad_clip: float = 5.0
+    seed: int = 0
+    train_seed_start: int = 0
+    train_sequences: int = 5000
+    frames_per_sequence: int = 80
+    max_frame_gap: int = 8
+    eval_seed_start: int = 100_000
+    eval_sequences: int = 4
+    eval_frames: int = 10
+    eval_every: int = 0  # steps; 0 = only at the end
+    checkpoint_every: int = 50
+    device: str = "auto"
+    amp: bool = True  # autocast on CUDA
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    min_instance_area: int = 16
+    overrides: dict = field(default_factory=dict)  # ModelConfig overrides
+
+
+class PairSource(Protocol):
+    def sample(self, rng: random.Random) -> tuple[PanopticFrame, PanopticFrame]: ...
+
+    def describe(self) -> dict: ...
+
+
+class SyntheticPairs:
+    """Two frames of one synthetic training sequence, up to ``max_gap`` frames apart."""
+
+    def __init__(self, cfg: ModelConfig, settings: TrainSettings) -> None:
+        from panoptic_ros.synth import SynthConfig, SyntheticSequence
+
+        self._sequence_cls = SyntheticSequence
+        self.synth_config = SynthConfig(height=cfg.input_height, width=cfg.input_width)
+        self.s = settings
+        self._cache: OrderedDict[int, object] = OrderedDict()
+
+    def _sequence(self, seed: int):
+        if seed not in self._cache:
+            self._cache[seed] = self._sequence_cls(seed=seed, num_frames=self.s.frames_per_sequence,
+                                                   config=self.synth_config)
+            while len(self._cache) > 8:
+                self._cache.popitem(last=False)
+        return self._cache[seed]
+
+    def sample(self, rng: random.Random) -> tuple[PanopticFrame, PanopticFrame]:
+        seed = self.s.train_seed_start + rng.randrange(self.s.train_sequences)
+        seq = self._sequence(seed)
+        n = self.s.frames_per_sequence
+        a = rng.randrange(n)
+        b = min(n - 1, max(0, a + rng.randint(-self.s.max_frame_gap, self.s.max_frame_gap)))
+        return seq.render(a), seq.render(b)
+
+    def describe(self) -> dict:
+        return {"source": "synthetic", "train_seeds": [self.s.train_seed_start,
+                                                       self.s.train_seed_start + self.s.train_sequences - 1],
+                "frames_per_sequence": self.s.frames_per_sequence, "max_frame_gap": self.s.max_frame_gap,
+                "synth_config": {k: v for k, v in asdict(self.synth_config).items()
+                                 if isinstance(v, (int, float, str, bool))}}
+
+
+class DatasetPairs:
+    """Pairs from a dataset directory: neighbouring frames of a sequence, else one image twice."""
+
+    def __init__(self, path: str, settings: TrainSettings) -> None:
+        from panoptic_ros.datasets.loader import load_sequences
+
+        self.path = path
+        self.sequences = [list(seq) for seq in load_sequences(path)]
+        self.sequences = [s for s in self.sequences if s]
+        if not self.sequences:
+            raise ValueError(f"no frames found in {path}")
+        self.s = settings
+
+    def sample(self, rng: random.Random) -> tuple[PanopticFrame, PanopticFrame]:
+        seq = self.sequences[rng.randrange(len(self.sequences))]
+        a = rng.randrange(len(seq))
+        b = min(len(seq) - 1, max(0, a + rng.randint(-self.s.max_frame_gap, self.s.max_frame_gap)))
+        return seq[a], seq[b]
+
+    def describe(self) -> dict:
+        return {"source": "dataset", "path": self.path, "sequences": len(self.sequences),
+                "frames": sum(len(s) for s in self.sequences)}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_at(step: int, s: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to 5% of the peak."""
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    t = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+    return s.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def batches(source: PairSource, s: TrainSettings, cfg: ModelConfig, rng: random.Random) -> Iterator:
+    while True:
+        samples = []
+        for _ in range(s.pairs_per_step):
+            flip = rng.random() < 0.5
+            for frame in source.sample(rng):
+                samples.append(frame_to_sample(frame, cfg.classes, s.min_instance_area, flip))
+        yield samples
+
+
+def train(s: TrainSettings, source: PairSource | None = None, progress: bool = True,
+          evaluate_fn=None) -> Path:
+    """Train (or resume) and write OUT/model.safetensors + model.json; returns the weights path."""
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    device = pick_device(s.device)
+    cfg = PRESETS[s.preset](**s.overrides)
+    torch.manual_seed(s.seed)
+    model = build_model(cfg).to(device)
+    model.train()
+    decay, no_decay = [], []
+    for name, prm in model.named_parameters():
+        (no_decay if prm.ndim <= 1 else decay).append(prm)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=s.lr)
+    state_dir = out / "train_state"
+    history: list[dict] = []
+    step = 0
+    rng = random.Random(s.seed)
+    if (state_dir / "state.json").exists():
+        st = load_training_state(state_dir, model, optimizer)
+        step, history = st["step"], st["history"]
+        rng.setstate(_tuple_state(st["rng"]))
+        torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))
+        print(f"resuming {out} at step {step}/{s.steps}")
+    (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
+    source = source or (SyntheticPairs(cfg, s) if s.data == "synth" else DatasetPairs(s.data, s))
+    use_amp = s.amp and device.type == "cuda"
+    data = batches(source, s, cfg, rng)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=s.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    t_last = time.time()
+    while step < s.steps:
+        samples = next(data)
+        images = torch.stack([x.image for x in samples]).to(device, non_blocking=True)
+        semantic = torch.stack([x.semantic for x in samples]).to(device, non_blocking=True)
+        targets = [_to_device(x.instances, device) for x in samples]
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, s)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            losses = model.loss(images, semantic, targets)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"loss became {float(total)} at step {step}: {_fmt(losses)}; "
+                                     "lower --lr or resume from the last checkpoint")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+        optimizer.step()
+        step += 1
+        rec = {"step": step, "lr": lr_at(step - 1, s), "total": total.item(), "grad_norm": float(grad_norm),
+               "time_s": time.time() - t_last, **{k: v.item() for k, v in losses.items()}}
+        t_last = time.time()
+        history.append(rec)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['total']:.3f}", sem=f"{rec['loss_semantic']:.3f}",
+                            mask=f"{rec['loss_mask']:.3f}", s_per_step=f"{rec['time_s']:.2f}")
+        if step % s.checkpoint_every == 0 or step == s.steps:
+            _checkpoint(state_dir, model, optimizer, step, history, rng)
+            plot_losses(history, out / "loss_curves.png")
+        if evaluate_fn is not None and s.eval_every and step % s.eval_every == 0 and step < s.steps:
+            _export(model, cfg, s, source, history, out, evaluate_fn, interim=True)
+    if bar is not None:
+        bar.close()
+    return _export(model, cfg, s, source, history, out, evaluate_fn, interim=False)
+
+
+def _export(model: EfficientPS, cfg: ModelConfig, s: TrainSettings, source: PairSource, history: list[dict],
+            out: Path, evaluate_fn, interim: bool) -> Path:
+    model.eval()
+    card = ModelCard(name=f"efficientps_{cfg.backbone}_{cfg.input_height}x{cfg.input_width}", config=cfg,
+                     training={"command": "panoptic-ros train " + " ".join(_settings_argv(s)),
+                               "settings": asdict(s), "data": source.describe(), "steps_done": len(history),
+                               "final_loss": history[-1]["total"] if history else None,
+                               "train_time_s": sum(h["time_s"] for h in history),
+                               "torch": torch.__version__})
+    path = save_model(model, out / "model.safetensors", card)
+    if evaluate_fn is not None:
+        card.metrics = evaluate_fn(path, s)
+        save_model(model, path, card)
+    model.train()
+    print(f"{'interim ' if interim else ''}model written to {path}")
+    return path
+
+
+def _settings_argv(s: TrainSettings) -> list[str]:
+    argv = []
+    defaults = TrainSettings(out=s.out)
+    for k, v in asdict(s).items():
+        if k == "out":
+            argv.append(f"--out {v}")
+        elif k != "overrides" and v != getattr(defaults, k):
+            argv.append(f"--{k.replace('_', '-')} {v}")
+    return argv
+
+
+def _checkpoint(state_dir: Path, model, optimizer, step: int, history: list[dict], rng: random.Random) -> None:
+    save_training_state(state_dir, model, optimizer,
+                        {"step": step, "history": history, "rng": _list_state(rng.getstate()),
+                         "torch_rng": torch.get_rng_state().tolist()})
+
+
+def _list_state(x):
+    return [_list_state(v) for v in x] if isinstance(x, tuple) else x
+
+
+def _tuple_state(x):
+    return tuple(_tuple_state(v) for v in x) if isinstance(x, list) else x
+
+
+def _to_device(t, device):
+    from panoptic_ros.model.instance_head import InstanceTargets
+    return InstanceTargets(t.boxes.to(device), t.labels.to(device), t.masks.to(device), t.track_ids.to(device))
+
+
+def _fmt(losses: dict) -> str:
+    return ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+
+
+def plot_losses(history: list[dict], path: Path) -> None:
+    """Loss curves (each loss, smoothed over 25 steps) as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    keys = [k for k in history[0] if k.startswith("loss_")] + ["total"]
+    steps = np.array([h["step"] for h in history])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for k in keys:
+        v = np.array([h[k] for h in history])
+        win = min(25, len(v))
+        smooth = np.convolve(v, np.ones(win) / win, mode="valid")
+        axes[0].plot(steps[win - 1:], smooth, label=k.replace("loss_", ""), lw=2 if k == "total" else 1)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("loss (25-step mean)")
+    axes[0].legend(fontsize=8)
+    axes[0].grid(alpha=0.3)
+    axes[1].plot(steps, [h["lr"] for h in history], color="tab:gray")
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("learning rate")
+    axes[1].grid(alpha=0.3)
+    fig.suptitle("panoptic_ros training")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the panoptic model (resumable)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = TrainSettings(out="")
+    p.add_argument("--out", required=True, help="run directory (weights, card, loss curves, train_state/)")
+    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS), help="architecture preset")
+    p.add_argument("--data", default=d.data, help="'synth' or a dataset directory (Cityscapes/COCO/video panoptic)")
+    for name in ("steps", "pairs_per_step", "warmup_steps", "seed", "train_seed_start", "train_sequences",
+                 "frames_per_sequence", "max_frame_gap", "eval_seed_start", "eval_sequences", "eval_frames",
+                 "eval_every", "checkpoint_every", "threads", "min_instance_area"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("lr", "weight_decay", "grad_clip"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="disable fp16 autocast on CUDA")
+    p.add_argument("--input-size", default=None, help="HxW network input, overriding the preset (multiples of 32)")
+    p.add_argument("--no-eval", action="store_true", help="skip the held-out PQ evaluation at the end")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = {}
+    if args.input_size:
+        try:
+            h, w = (int(v) for v in args.input_size.lower().split("x"))
+        except ValueError:
+            raise SystemExit(f"--input-size must look like 256x512, got {args.input_size!r}")
+        overrides.update(input_height=h, input_width=w)
+    fields = set(TrainSettings.__dataclass_fields__)
+    kwargs = {k: v for k, v in vars(args).items() if k in fields}
+    s = TrainSettings(**kwargs, overrides=overrides)
+    evaluate_fn = None
+    if not args.no_eval:
+        from panoptic_ros.model.evaluation import evaluate_synthetic_for_card
+        evaluate_fn = evaluate_synthetic_for_card
+    train(s, evaluate_fn=evaluate_fn)
+    return 0

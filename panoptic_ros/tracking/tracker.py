@@ -1,0 +1,685 @@
+"""The occlusion-aware panoptic tracker: stable ids through occlusion, one instance per camera.
+
+Per frame, :meth:`Tracker.update` runs these steps (each a method below):
+
+1. **Predict.** Every track's box moves by its constant-velocity Kalman
+   filter (:mod:`.kalman`), after the camera's own image motion, estimated
+   from background points (:mod:`.camera_motion`), has been applied to it. A
+   track hidden behind an object that moves with it coasts with the occluder.
+2. **Compare.** Each track's last visible mask, shifted to its predicted
+   place, is laid over this frame's instance map on a sub-sampled grid
+   (:func:`.association.region_overlap`): one histogram gives its mask IoU
+   with every detection.
+3. **Associate**, Hungarian on a combined affinity (mask IoU, box IoU, a
+   centre-distance gate, class compatibility, appearance cosine), in a
+   cascade: confirmed tracks with high-score detections; the rest of them
+   with low-score detections (ByteTrack's second stage); occluded and lost
+   tracks by re-identification with relaxed gating (near the prediction *or*
+   touching the occluder, same class, similar appearance); tentative tracks
+   with what is left. Re-identification comes before tentative tracks on
+   purpose: a confirmed identity outranks an unconfirmed one, otherwise an
+   object that re-emerges and is missed by re-identification once starts a
+   tentative track that then claims it on every later frame.
+4. **Update** matched tracks. A partially hidden detection (its box shorter
+   than the prediction on a side that touches another thing or the image
+   border) is measured by its free edges and the track's size, so the state
+   stays amodal and the velocity does not sag while an object slides behind
+   a bus. A track back after a gap restarts its velocity from the gap
+   (OC-SORT's observation-centric idea).
+5. **Occlusion reasoning** for unmatched confirmed tracks: if more than
+   ``occlusion_threshold`` of the predicted (amodal) box shows another, nearer
+   thing (lower bottom edge or larger box), the track is OCCLUDED by that
+   thing's track and lives ``max_occluded_frames``; otherwise it is lost
+   and lives ``max_lost_frames``; a predicted box wholly outside the image
+   ends the track at once.
+6. **Birth and confirmation.** Unmatched confident detections start
+   tentative tracks; a track gets its id from this tracker's own counter
+   when it reaches ``min_hits`` matches, so ids are dense, start at 1, and
+   one-frame false positives never get one.
+
+Time: velocities are in px/s from the input stamps. A stamp that goes
+backwards, repeats, or leaps forward by more than ``max_frame_gap_s`` is a
+clock jump: the step falls back to the last good frame period (the tracker
+keeps going; ``TrackedFrame.clock_jump`` says so). Ages run on the tracker's
+own monotonic clock (the sum of the steps used), so they never go negative.
+"""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from panoptic_ros.classes import CITYSCAPES, VOID, ClassTable
+from panoptic_ros.panoptic import MAX_TRACK_ID, PanopticResult
+from panoptic_ros.params import TrackerParams, iter_params, validate_value
+from panoptic_ros.tracking import kalman
+from panoptic_ros.tracking.association import (DetectionSet, RegionOverlap, assign, box_gap, box_iou,
+                                               box_region_labels, box_sizes, region_overlap)
+from panoptic_ros.tracking.camera_motion import CameraMotionEstimator
+from panoptic_ros.tracking.kalman import MotionNoise
+from panoptic_ros.tracking.types import CameraMotion, TrackedFrame, TrackedObject, TrackState
+
+# Internal track status (published state is derived from it).
+_MATCHED, _OCCLUDED, _LOST = 0, 1, 2
+_DEFAULT_PERIOD_S = 0.1  # frame period assumed before two good stamps have been seen
+_NUM_CLASS_SLOTS = 256
+_PARTIAL = 0.9  # a detection narrower/shorter than this fraction of the prediction may be cut off
+_SIDE_BLOCKED = 0.3  # fraction of another thing's pixels just outside a box side that marks it cut off
+
+
+class _TrackTable:
+    """All tracks as parallel arrays (row = track), so each step is a few vectorised operations."""
+
+    _ARRAYS = {  # name: (dtype, trailing shape)
+        "key": (np.int64, ()), "track_id": (np.int64, ()), "hits": (np.int64, ()),
+        "first_frame": (np.int64, ()), "first_clock_s": (np.float64, ()),
+        "confirmed_frame": (np.int64, ()), "last_seen_stamp_s": (np.float64, ()),
+        "last_seen_clock_s": (np.float64, ()), "frames_since_seen": (np.int64, ()),
+        "frames_lost": (np.int64, ()), "status": (np.int8, ()), "score": (np.float64, ()),
+        "class_id": (np.int64, ()), "det_index": (np.int64, ()), "occluder_key": (np.int64, ()),
+        "moves_with_occluder": (bool, ()), "occluder_offset_xy": (np.float64, (2,)),
+        "mean": (np.float64, (8,)), "cov": (np.float64, (8, 8)), "last_obs_xy": (np.float64, (2,)),
+        "ref_xy": (np.float64, (2,)), "vis_box": (np.float64, (4,)),
+        "class_votes": (np.float32, (_NUM_CLASS_SLOTS,)), "emb_ok": (bool, ()),
+    }
+
+    def __init__(self) -> None:
+        for name, (dtype, tail) in self._ARRAYS.items():
+            setattr(self, name, np.zeros((0, *tail), dtype))
+        self.emb = np.zeros((0, 0), np.float32)  # (T, D) appearance, L2-normalised where emb_ok
+        self.mask_rows: list[np.ndarray] = []  # grid pixels of the last visible mask (at ref_xy)
+        self.mask_cols: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return int(self.key.shape[0])
+
+    def append(self, rows: dict[str, np.ndarray], emb: np.ndarray, mask_rows: list[np.ndarray],
+               mask_cols: list[np.ndarray]) -> None:
+        n = len(mask_rows)
+        for name, (dtype, tail) in self._ARRAYS.items():
+            new = rows.get(name)
+            if new is None:
+                new = np.zeros((n, *tail), dtype)
+            setattr(self, name, np.concatenate([getattr(self, name), np.asarray(new, dtype).reshape(n, *tail)]))
+        if emb.shape[1] != self.emb.shape[1]:
+            self.set_embedding_dim(emb.shape[1])
+        self.emb = np.concatenate([self.emb, emb.astype(np.float32, copy=False)])
+        self.mask_rows.extend(mask_rows)
+        self.mask_cols.extend(mask_cols)
+
+    def keep(self, keep: np.ndarray) -> None:
+        for name in self._ARRAYS:
+            setattr(self, name, getattr(self, name)[keep])
+        self.emb = self.emb[keep]
+        idx = np.flatnonzero(keep)
+        self.mask_rows = [self.mask_rows[i] for i in idx]
+        self.mask_cols = [self.mask_cols[i] for i in idx]
+
+    def set_embedding_dim(self, d: int) -> None:
+        """A model with another embedding size: stored appearance is no longer comparable."""
+        self.emb = np.zeros((len(self), d), np.float32)
+        self.emb_ok[:] = False
+
+    def rows_of_keys(self, keys: np.ndarray) -> np.ndarray:
+        """Row of each key, -1 where no such track (keys are ascending: tracks are appended in key order)."""
+        keys = np.asarray(keys, np.int64)
+        pos = np.searchsorted(self.key, keys)
+        pos = np.minimum(pos, max(len(self) - 1, 0))
+        found = (len(self) > 0) & (keys > 0)
+        if len(self):
+            found = found & (self.key[pos] == keys)
+        return np.where(found, pos, -1)
+
+
+class Tracker:
+    """Occlusion-aware multi-object tracker over panoptic results; one instance per camera.
+
+    The instance owns its id counter (starting at 1, never reused, never
+    shared with another instance) and all track state; nothing lives at class
+    level.
+    """
+
+    def __init__(self, params: TrackerParams | None = None, class_table: ClassTable = CITYSCAPES,
+                 noise: MotionNoise | None = None) -> None:
+        self._class_table = class_table
+        self.noise = noise if noise is not None else MotionNoise()
+        self._next_id = 1
+        self._next_key = 1
+        self._table = _TrackTable()
+        self._frame = 0
+        self._clock_s = 0.0
+        self._last_stamp_s: float | None = None
+        self._period_s = _DEFAULT_PERIOD_S
+        self._map_hw: tuple[int, int] | None = None
+        self._cmc: CameraMotionEstimator | None = None
+        self.set_params(params if params is not None else TrackerParams())
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def params(self) -> TrackerParams:
+        return self._params
+
+    def set_params(self, params: TrackerParams) -> None:
+        """Validate and apply parameters (the dynamic ones may change between frames)."""
+        for p in iter_params(TrackerParams):
+            _, err = validate_value(p, getattr(params, p.name))
+            if err:
+                raise ValueError(f"tracker.{err}")
+        self._compat = self._compatibility(params.compatible_classes)
+        if self._cmc is None or self._cmc.working_width_px != params.camera_motion_width_px:
+            self._cmc = CameraMotionEstimator(working_width_px=params.camera_motion_width_px)
+        self._params = params
+
+    @property
+    def num_tracks(self) -> int:
+        """All tracks held: tentative, tracked, occluded and lost."""
+        return len(self._table)
+
+    @property
+    def next_track_id(self) -> int:
+        return self._next_id
+
+    def reset(self) -> None:
+        """Forget every track (ids already given are still never reused) and the previous frame."""
+        self._table = _TrackTable()
+        self._last_stamp_s = None
+        self._map_hw = None
+        if self._cmc is not None:
+            self._cmc.reset()
+
+    def update(self, result: PanopticResult, stamp_s: float, image: np.ndarray | None = None) -> TrackedFrame:
+        """Track one frame. ``image`` (uint8 grey or colour, any size) enables camera-motion compensation.
+
+        Raises ValueError for a non-finite stamp or a result whose arrays
+        disagree (the message names which); never for odd stamp sequences.
+        """
+        try:
+            stamp = float(stamp_s)
+        except (TypeError, ValueError):
+            raise ValueError(f"stamp_s must be a number of seconds, got {stamp_s!r}") from None
+        if not math.isfinite(stamp):
+            raise ValueError(f"stamp_s must be finite, got {stamp_s!r}")
+        if image is not None and not isinstance(image, np.ndarray):
+            raise ValueError(f"image must be a numpy array or None, got {type(image).__name__}")
+        p = self._params
+        dets = DetectionSet.from_result(result, p.mask_stride)
+        if dets.n and (dets.classes.min() < 0 or dets.classes.max() >= VOID):
+            raise ValueError(f"PanopticResult.classes must be train ids in 0..{VOID - 1}, got "
+                             f"{int(dets.classes.min())}..{int(dets.classes.max())}")
+        ended: list[int] = []
+        reset = False
+        if self._map_hw is not None and dets.map_hw != self._map_hw:
+            ended = sorted(int(i) for i in self._table.track_id if i > 0)
+            self.reset()
+            reset = True
+        self._map_hw = dets.map_hw
+        dt_s, jump = self._advance_clock(stamp)
+        self._frame += 1
+
+        motion: CameraMotion | None = None
+        if p.camera_motion_compensation and image is not None:
+            motion = self._cmc.estimate(image, dets.map_hw, (dets.label_map_ds > 0).view(np.uint8))
+        tb = self._table
+        tb.det_index[:] = -1
+        if len(tb):
+            self._predict(dt_s, motion)
+        overlap = region_overlap(tb.mask_rows, tb.mask_cols, self._grid_shift(tb.mean[:, :2] - tb.ref_xy),
+                                 dets.label_map_ds, dets.n)
+        rows, cols, reid = self._associate(dets, overlap)
+        matched = np.zeros(len(tb), bool)
+        matched[rows] = True
+        if rows.size:
+            self._apply_matches(dets, rows, cols, reid, stamp)
+        det_row = np.full(dets.n, -1, np.int64)
+        det_row[cols] = rows
+        self._spawn(dets, det_row, stamp)
+        tb = self._table  # appended to
+        matched = np.concatenate([matched, np.ones(len(tb) - matched.size, bool)])
+        drop = self._unmatched(dets, ~matched, det_row)
+        self._confirm(matched)
+        ended += self._prune(drop)
+        return self._publish(dets, stamp, dt_s, jump, motion, ended, reset)
+
+    # ------------------------------------------------------------------ steps
+
+    def _advance_clock(self, stamp: float) -> tuple[float, bool]:
+        last = self._last_stamp_s
+        self._last_stamp_s = stamp
+        if last is None:
+            return 0.0, False
+        step = stamp - last
+        if 0.0 < step <= self._params.max_frame_gap_s:
+            self._period_s = step
+            self._clock_s += step
+            return step, False
+        self._clock_s += self._period_s
+        return self._period_s, True
+
+    def _predict(self, dt_s: float, motion: CameraMotion | None) -> None:
+        tb = self._table
+        if motion is not None:
+            a = motion.affine_2x3
+            tb.mean, tb.cov = kalman.warp(tb.mean, tb.cov, a)
+            tb.last_obs_xy = tb.last_obs_xy @ a[:, :2].T + a[:, 2]
+            tb.occluder_offset_xy = tb.occluder_offset_xy @ a[:, :2].T
+        movers = np.flatnonzero(tb.moves_with_occluder & (tb.status == _OCCLUDED))
+        if movers.size:
+            occ = tb.rows_of_keys(tb.occluder_key[movers])
+            ok = occ >= 0
+            tb.mean[movers[ok], 4:6] = tb.mean[occ[ok], 4:6]
+        # A track that is not being measured keeps its size (ByteTrack zeroes the height rate of lost tracks).
+        tb.mean[tb.status != _MATCHED, 6:8] = 0.0
+        tb.mean, tb.cov = kalman.predict(tb.mean, tb.cov, dt_s, self.noise)
+
+    def _grid_shift(self, shift_xy_t2: np.ndarray) -> np.ndarray:
+        """Pixel shifts (x, y) -> whole grid shifts (row, col)."""
+        return np.rint(shift_xy_t2[:, ::-1] / self._params.mask_stride).astype(np.int64)
+
+    def _associate(self, dets: DetectionSet, overlap: RegionOverlap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The cascade. Returns matched (track rows, detection indices, matched-by-re-identification)."""
+        tb, p = self._table, self._params
+        t, n = len(tb), dets.n
+        empty = np.zeros(0, np.int64)
+        if t == 0 or n == 0:
+            return empty, empty, np.zeros(0, bool)
+        shift = tb.mean[:, :2] - tb.ref_xy
+        vis_pred = tb.vis_box + np.concatenate([shift, shift], axis=1)
+        miou = overlap.mask_iou(dets.ds_area)
+        biou = box_iou(vis_pred, dets.boxes_xyxy)
+        tiny = (overlap.total[:, None] < 4) | (dets.ds_area[None, :] < 4)
+        geo = np.where(tiny, biou, 0.5 * (miou + biou))
+        ct = 0.5 * (vis_pred[:, :2] + vis_pred[:, 2:])
+        cd = 0.5 * (dets.boxes_xyxy[:, :2] + dets.boxes_xyxy[:, 2:])
+        dist = np.hypot(ct[:, None, 0] - cd[None, :, 0], ct[:, None, 1] - cd[None, :, 1])
+        scale = np.maximum(box_sizes(vis_pred)[:, None], box_sizes(dets.boxes_xyxy)[None, :])
+        compat = self._compat[tb.class_id[:, None], dets.classes[None, :]]
+        gate = compat & (geo > 0) & (dist <= p.max_center_distance * scale)
+        aff_geo = np.where(gate, geo, 0.0)
+        cos, app_ok = self._appearance(dets)
+        if app_ok is not None:
+            w = p.embedding_weight
+            aff_full = np.where(gate & app_ok, (1.0 - w) * aff_geo + w * np.clip(cos, 0.0, 1.0), aff_geo)
+        else:
+            aff_full = aff_geo
+
+        track_free = np.ones(t, bool)
+        det_free = np.ones(n, bool)
+        high = dets.scores >= p.high_score_threshold
+        low = (dets.scores >= p.low_score_threshold) & ~high
+        confirmed = tb.track_id > 0
+        out_r: list[np.ndarray] = []
+        out_c: list[np.ndarray] = []
+        out_reid: list[np.ndarray] = []
+
+        def run(track_sel: np.ndarray, det_sel: np.ndarray, aff: np.ndarray | None, is_reid: bool) -> None:
+            tr = np.flatnonzero(track_sel & track_free)
+            dc = np.flatnonzero(det_sel & det_free)
+            if tr.size == 0 or dc.size == 0:
+                return
+            block = self._reid_affinity(dets, tr, dc, cos, app_ok) if aff is None else aff[np.ix_(tr, dc)]
+            r, c = assign(block, p.match_threshold)
+            if r.size:
+                track_free[tr[r]] = False
+                det_free[dc[c]] = False
+                out_r.append(tr[r])
+                out_c.append(dc[c])
+                out_reid.append(np.full(r.size, is_reid))
+
+        active = confirmed & (tb.status != _OCCLUDED)
+        run(active, high, aff_full, False)  # 1. confirmed tracks, confident detections
+        run(active, low, aff_geo, False)  # 2. the rest of them, weak detections (appearance unreliable)
+        run(confirmed, high, None, True)  # 3. occluded / lost / just missed: re-identification
+        run(~confirmed, high, aff_full, False)  # 4. tentative tracks
+        if not out_r:
+            return empty, empty, np.zeros(0, bool)
+        return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_reid)
+
+    def _appearance(self, dets: DetectionSet) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(T, N) cosine similarity and where both sides have an embedding, or (None, None)."""
+        tb = self._table
+        d = dets.embeddings.shape[1]
+        if d == 0 or not dets.has_embedding.any():
+            return None, None
+        if tb.emb.shape[1] != d:
+            tb.set_embedding_dim(d)
+        if not tb.emb_ok.any():
+            return None, None
+        cos = tb.emb @ dets.embeddings.T
+        return cos, tb.emb_ok[:, None] & dets.has_embedding[None, :]
+
+    def _reid_affinity(self, dets: DetectionSet, tr: np.ndarray, dc: np.ndarray, cos: np.ndarray | None,
+                       app_ok: np.ndarray | None) -> np.ndarray:
+        """Relaxed affinity for tracks not matched normally: near the prediction OR touching the occluder."""
+        tb, p = self._table, self._params
+        pred = kalman.boxes_xyxy(tb.mean[tr])
+        size = box_sizes(pred)
+        boxes = dets.boxes_xyxy[dc]
+        gap = box_gap(pred, boxes) / size[:, None]
+        reach = max(p.reid_max_distance, 1e-6)
+        near = gap <= p.reid_max_distance
+        near_score = np.where(near, 1.0 - gap / reach, 0.0)
+        adjacent = np.zeros_like(near)
+        occ = tb.rows_of_keys(tb.occluder_key[tr])
+        has_occ = np.flatnonzero(occ >= 0)
+        if has_occ.size:
+            o = occ[has_occ]
+            shift = tb.mean[o, :2] - tb.ref_xy[o]
+            occ_box = tb.vis_box[o] + np.concatenate([shift, shift], axis=1)
+            seen = tb.det_index[o] >= 0
+            occ_box[seen] = dets.boxes_xyxy[tb.det_index[o][seen]]
+            margin = 0.25 * size[has_occ] + dets.stride
+            adjacent[has_occ] = box_gap(occ_box, boxes) <= margin[:, None]
+        # The visible part of an object is never much larger than the object.
+        slack = 2.0 * dets.stride
+        fits = (((boxes[None, :, 2] - boxes[None, :, 0]) <= 1.5 * tb.mean[tr, 2][:, None] + slack)
+                & ((boxes[None, :, 3] - boxes[None, :, 1]) <= 1.5 * tb.mean[tr, 3][:, None] + slack))
+        compat = self._compat[tb.class_id[tr][:, None], dets.classes[dc][None, :]]
+        gate = (near | adjacent) & fits & compat
+        geo = np.maximum(near_score, np.where(adjacent, 0.5, 0.0))
+        aff = geo
+        if cos is not None:
+            c = cos[np.ix_(tr, dc)]
+            ok = app_ok[np.ix_(tr, dc)]
+            gate &= ~ok | (c >= p.reid_min_similarity)
+            aff = np.where(ok, 0.5 * geo + 0.5 * np.clip(c, 0.0, 1.0), geo)
+        return np.where(gate, aff, 0.0)
+
+    def _apply_matches(self, dets: DetectionSet, rows: np.ndarray, cols: np.ndarray, reid: np.ndarray,
+                       stamp: float) -> None:
+        tb, p = self._table, self._params
+        pred = tb.mean[rows]
+        z = kalman.xyxy_to_cxcywh(dets.boxes_xyxy[cols])
+        cut = np.flatnonzero((z[:, 2] < _PARTIAL * pred[:, 2]) | (z[:, 3] < _PARTIAL * pred[:, 3]))
+        for k in cut:
+            z[k] = _amodal_measurement(dets.boxes_xyxy[cols[k]], int(cols[k]) + 1, pred[k], dets.instance_map)
+        mean, cov = kalman.update(pred, tb.cov[rows], z, self.noise)
+        back = np.flatnonzero(tb.frames_since_seen[rows] >= 2)
+        if back.size:
+            # Back after a gap: restart from the measurement, velocity from the gap's displacement.
+            rb = rows[back]
+            m0, c0 = kalman.initiate(z[back], self.noise)
+            elapsed = np.maximum(self._clock_s - tb.last_seen_clock_s[rb], 1e-3)
+            m0[:, 4:6] = (z[back, :2] - tb.last_obs_xy[rb]) / elapsed[:, None]
+            mean[back], cov[back] = m0, c0
+        tb.mean[rows], tb.cov[rows] = mean, cov
+        tb.last_obs_xy[rows] = z[:, :2]
+        tb.ref_xy[rows] = mean[:, :2]
+        tb.vis_box[rows] = dets.boxes_xyxy[cols]
+        tb.hits[rows] += 1
+        tb.frames_since_seen[rows] = 0
+        tb.frames_lost[rows] = 0
+        tb.status[rows] = _MATCHED
+        tb.last_seen_stamp_s[rows] = stamp
+        tb.last_seen_clock_s[rows] = self._clock_s
+        tb.score[rows] = dets.scores[cols]
+        tb.det_index[rows] = cols
+        tb.occluder_key[rows] = 0
+        tb.moves_with_occluder[rows] = False
+        np.add.at(tb.class_votes, (rows, dets.classes[cols]), dets.scores[cols].astype(np.float32))
+        tb.class_id[rows] = np.argmax(tb.class_votes[rows], axis=1)
+        has = dets.has_embedding[cols]
+        if has.any() and tb.emb.shape[1] == dets.embeddings.shape[1]:
+            r, c = rows[has], cols[has]
+            new = dets.embeddings[c]
+            m = np.where(tb.emb_ok[r], np.float32(p.embedding_momentum), np.float32(0.0))[:, None]
+            e = m * tb.emb[r] + (1.0 - m) * new
+            e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+            tb.emb[r] = e
+            tb.emb_ok[r] = True
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            tb.mask_rows[r], tb.mask_cols[r] = dets.grid_pixels(c)
+
+    def _spawn(self, dets: DetectionSet, det_row: np.ndarray, stamp: float) -> None:
+        """Tentative tracks for confident detections nobody claimed."""
+        p = self._params
+        new = np.flatnonzero((det_row < 0) & (dets.scores >= p.new_track_score_threshold)
+                             & (dets.scores >= p.low_score_threshold))
+        if new.size == 0:
+            return
+        k = new.size
+        z = kalman.xyxy_to_cxcywh(dets.boxes_xyxy[new])
+        mean, cov = kalman.initiate(z, self.noise)
+        keys = np.arange(self._next_key, self._next_key + k, dtype=np.int64)
+        self._next_key += k
+        votes = np.zeros((k, _NUM_CLASS_SLOTS), np.float32)
+        votes[np.arange(k), dets.classes[new]] = dets.scores[new]
+        d = dets.embeddings.shape[1]
+        emb = np.zeros((k, d), np.float32)
+        ok = dets.has_embedding[new]
+        if d:
+            e = dets.embeddings[new]
+            emb[ok] = e[ok] / np.linalg.norm(e[ok], axis=1, keepdims=True)
+        pixels = [dets.grid_pixels(int(i)) for i in new]
+        rows = {
+            "key": keys, "hits": np.ones(k), "first_frame": np.full(k, self._frame),
+            "first_clock_s": np.full(k, self._clock_s), "last_seen_stamp_s": np.full(k, stamp),
+            "last_seen_clock_s": np.full(k, self._clock_s), "status": np.full(k, _MATCHED),
+            "score": dets.scores[new], "class_id": dets.classes[new], "det_index": new,
+            "mean": mean, "cov": cov, "last_obs_xy": z[:, :2], "ref_xy": mean[:, :2],
+            "vis_box": dets.boxes_xyxy[new], "class_votes": votes, "emb_ok": ok,
+        }
+        self._table.append(rows, emb, [px[0] for px in pixels], [px[1] for px in pixels])
+        det_row[new] = np.arange(len(self._table) - k, len(self._table))
+
+    def _unmatched(self, dets: DetectionSet, unmatched: np.ndarray, det_row: np.ndarray) -> np.ndarray:
+        """Occlusion reasoning and ageing of unmatched tracks; returns the rows to delete."""
+        tb, p = self._table, self._params
+        h, w = dets.map_hw
+        drop = np.zeros(len(tb), bool)
+        um = np.flatnonzero(unmatched)
+        if um.size == 0:
+            return drop
+        tb.frames_since_seen[um] += 1
+        box = kalman.boxes_xyxy(tb.mean[um])
+        outside = (box[:, 2] <= 0) | (box[:, 0] >= w) | (box[:, 3] <= 0) | (box[:, 1] >= h)
+        drop[um[outside]] = True
+        confirmed = tb.track_id[um] > 0
+        tent = um[~confirmed]
+        tb.status[tent] = _LOST
+        drop[tent[tb.frames_since_seen[tent] > p.max_tentative_missed_frames]] = True
+        cu = um[confirmed & ~outside]
+        if cu.size:
+            self._reason_occlusion(dets, cu, det_row)
+            lost = cu[tb.status[cu] == _LOST]
+            occluded = cu[tb.status[cu] == _OCCLUDED]
+            drop[lost[tb.frames_lost[lost] > p.max_lost_frames]] = True
+            drop[occluded[tb.frames_since_seen[occluded] > p.max_occluded_frames]] = True
+        return drop
+
+    def _reason_occlusion(self, dets: DetectionSet, cu: np.ndarray, det_row: np.ndarray) -> None:
+        """OCCLUDED (by which track) or LOST, for each unmatched confirmed track row in ``cu``."""
+        tb, p = self._table, self._params
+        pred = kalman.boxes_xyxy(tb.mean[cu])
+        counts, in_view = box_region_labels(dets.label_map_ds, pred, dets.stride, dets.n)
+        things = counts[:, 1:]
+        is_occ = (in_view > 0) & (things.sum(axis=1) >= p.occlusion_threshold * np.maximum(in_view, 1))
+        occ_det = np.argmax(things, axis=1) if dets.n else np.zeros(cu.size, np.int64)
+        if dets.n:
+            # The coverer must be nearer: its bottom edge lower in the image (ground contact closer to the
+            # camera) or its box larger. A thing *behind* a missed detection does not hide it.
+            ob = dets.boxes_xyxy[occ_det]
+            area_o = (ob[:, 2] - ob[:, 0]) * (ob[:, 3] - ob[:, 1])
+            area_t = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
+            is_occ &= (ob[:, 3] >= pred[:, 3] - 0.1 * (pred[:, 3] - pred[:, 1])) | (area_o >= area_t)
+        for i, row in enumerate(cu.tolist()):
+            if is_occ[i]:
+                o_row = int(det_row[occ_det[i]])
+                o_key = int(tb.key[o_row]) if o_row >= 0 else 0
+                if tb.status[row] != _OCCLUDED or tb.occluder_key[row] != o_key:
+                    tb.moves_with_occluder[row] = False  # onset (or a new occluder)
+                    if o_row >= 0:
+                        tb.occluder_offset_xy[row] = tb.mean[row, :2] - tb.mean[o_row, :2]
+                tb.status[row] = _OCCLUDED
+                tb.occluder_key[row] = o_key
+                tb.frames_lost[row] = 0
+                continue
+            if (tb.status[row] == _OCCLUDED and not tb.moves_with_occluder[row]
+                    and self._still_hidden_with_occluder(dets, row)):
+                continue
+            tb.status[row] = _LOST
+            tb.frames_lost[row] += 1
+
+    def _still_hidden_with_occluder(self, dets: DetectionSet, row: int) -> bool:
+        """Would the track still be hidden had it moved with its occluder since the occlusion began?
+
+        Its own motion predicts it visible, yet it is not detected: if riding
+        along with the occluder keeps it covered, that explains the frame
+        better, and the track coasts with the occluder from now on.
+        """
+        tb, p = self._table, self._params
+        o = int(tb.rows_of_keys(np.array([tb.occluder_key[row]]))[0])
+        if o < 0:
+            return False
+        moved = tb.mean[row].copy()
+        moved[:2] = tb.mean[o, :2] + tb.occluder_offset_xy[row]
+        counts, in_view = box_region_labels(dets.label_map_ds, kalman.boxes_xyxy(moved[None]), dets.stride, dets.n)
+        if in_view[0] == 0 or counts[0, 1:].sum() < p.occlusion_threshold * in_view[0]:
+            return False
+        tb.mean[row, :2] = moved[:2]
+        tb.mean[row, 4:6] = tb.mean[o, 4:6]
+        tb.moves_with_occluder[row] = True
+        return True
+
+    def _confirm(self, matched: np.ndarray) -> None:
+        """Tentative tracks with enough hits get the next ids, in detection order."""
+        tb, p = self._table, self._params
+        ready = np.flatnonzero(matched & (tb.track_id == 0) & (tb.hits >= p.min_hits))
+        if ready.size == 0:
+            return
+        ready = ready[np.argsort(tb.det_index[ready], kind="stable")]
+        if self._next_id + ready.size - 1 > MAX_TRACK_ID:
+            raise OverflowError(f"track ids exhausted ({MAX_TRACK_ID} fit the panoptic encoding); "
+                                f"create a new Tracker")
+        tb.track_id[ready] = np.arange(self._next_id, self._next_id + ready.size)
+        tb.confirmed_frame[ready] = self._frame
+        self._next_id += int(ready.size)
+
+    def _prune(self, drop: np.ndarray) -> list[int]:
+        """Delete dropped tracks and enforce max_tracks; returns the confirmed ids that ended."""
+        tb, p = self._table, self._params
+        keep = ~drop
+        if int(keep.sum()) > p.max_tracks:
+            # Keep, in order: confirmed and seen now, occluded, the rest by recency.
+            rank = np.where(tb.track_id > 0, 0, 2) + np.where(tb.status == _MATCHED, 0, 1)
+            order = np.lexsort((tb.frames_since_seen, rank))
+            order = order[keep[order]]
+            keep = np.zeros(len(tb), bool)
+            keep[order[:p.max_tracks]] = True
+        if keep.all():
+            return []
+        ended = sorted(int(i) for i in tb.track_id[~keep] if i > 0)
+        tb.keep(keep)
+        return ended
+
+    def _publish(self, dets: DetectionSet, stamp: float, dt_s: float, jump: bool,
+                 motion: CameraMotion | None, ended: list[int], reset: bool) -> TrackedFrame:
+        tb = self._table
+        confirmed = tb.track_id > 0
+        seen = confirmed & (tb.det_index >= 0)
+        shown = np.flatnonzero(seen | (confirmed & (tb.status == _OCCLUDED)))
+        shown = shown[np.argsort(tb.track_id[shown], kind="stable")]
+        lut = np.zeros(256 if dets.label_map_u8 is not None else dets.n + 1, np.int32)
+        lut[tb.det_index[seen] + 1] = tb.track_id[seen]
+        if dets.label_map_u8 is not None:
+            track_map = cv2.LUT(dets.label_map_u8, lut)
+        else:
+            track_map = np.take(lut, dets.instance_map)
+        pred_boxes = kalman.boxes_xyxy(tb.mean)
+        occ_rows = tb.rows_of_keys(tb.occluder_key)
+        occ_ids = np.where(occ_rows >= 0, tb.track_id[np.maximum(occ_rows, 0)], 0)
+        objects = []
+        frame, clock = self._frame, self._clock_s
+        for r in shown.tolist():
+            d = int(tb.det_index[r])
+            if d >= 0:
+                state = TrackState.NEW if tb.confirmed_frame[r] == frame else TrackState.TRACKED
+                box = dets.boxes_xyxy[d].copy()
+                centroid = dets.centroid_px[d].copy()
+                area = int(dets.area_px[d])
+                occluder = 0
+            else:
+                state = TrackState.OCCLUDED
+                box = pred_boxes[r].copy()
+                centroid = tb.mean[r, :2].copy()
+                area = 0
+                occluder = int(occ_ids[r])
+            objects.append(TrackedObject(
+                track_id=int(tb.track_id[r]), class_id=int(tb.class_id[r]), score=float(tb.score[r]),
+                state=state, box_xyxy=box, visible_area_px=area, centroid_px=centroid,
+                velocity_px_s=tb.mean[r, 4:6].copy(), age_frames=int(frame - tb.first_frame[r]),
+                age_s=float(clock - tb.first_clock_s[r]), frames_since_seen=int(tb.frames_since_seen[r]),
+                last_seen_s=float(tb.last_seen_stamp_s[r]), occluder_track_id=occluder, detection_index=d))
+        return TrackedFrame(stamp_s=stamp, track_map=track_map, objects=objects, dt_s=dt_s, clock_jump=jump,
+                            camera_motion=motion, ended_track_ids=ended, num_tracks=len(tb), reset=reset)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _compatibility(self, pairs: list[str]) -> np.ndarray:
+        """bool (256, 256): which track class may match which detection class."""
+        compat = np.eye(_NUM_CLASS_SLOTS, dtype=bool)
+        for pair in pairs:
+            parts = [s.strip() for s in str(pair).split(":")]
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(f"tracker.compatible_classes entry {pair!r} must look like 'person:rider'")
+            a, b = (self._class_id(s, pair) for s in parts)
+            compat[a, b] = compat[b, a] = True
+        return compat
+
+    def _class_id(self, token: str, pair: str) -> int:
+        if token.isdigit():
+            cid = int(token)
+            if cid >= VOID:
+                raise ValueError(f"tracker.compatible_classes entry {pair!r}: class id {cid} is not below {VOID}")
+            return cid
+        try:
+            return self._class_table.by_name(token).train_id
+        except KeyError:
+            raise ValueError(f"tracker.compatible_classes entry {pair!r}: unknown class {token!r}; known: "
+                             f"{', '.join(self._class_table.names)}") from None
+
+
+def _amodal_measurement(box_xyxy: np.ndarray, label: int, pred_t8: np.ndarray, instance_map: np.ndarray) -> np.ndarray:
+    """[cx, cy, w, h] of a partially hidden detection, measured by its free edges.
+
+    A side is cut off when, just beyond it, another thing's pixels dominate or
+    the image ends. Then the opposite (free) edge plus the predicted size
+    locates the object; with both sides cut, that axis keeps the prediction.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    h_img, w_img = instance_map.shape
+    out = np.array([(x0 + x1) * 0.5, (y0 + y1) * 0.5, x1 - x0, y1 - y0])
+    r0, r1 = max(int(math.floor(y0)), 0), min(int(math.ceil(y1)), h_img)
+    c0, c1 = max(int(math.floor(x0)), 0), min(int(math.ceil(x1)), w_img)
+
+    def blocked(band: np.ndarray, at_border: bool) -> bool:
+        if at_border:
+            return True
+        if band.size == 0:
+            return False
+        other = np.count_nonzero((band != 0) & (band != label))
+        return other >= _SIDE_BLOCKED * band.size
+
+    for axis in (0, 1):
+        pred_size = float(pred_t8[2 + axis])
+        if out[2 + axis] >= _PARTIAL * pred_size:
+            continue
+        if axis == 0:
+            low = blocked(instance_map[r0:r1, max(c0 - 2, 0):c0], c0 <= 0)
+            high = blocked(instance_map[r0:r1, c1:c1 + 2], c1 >= w_img)
+            lo_edge, hi_edge = x0, x1
+        else:
+            low = blocked(instance_map[max(r0 - 2, 0):r0, c0:c1], r0 <= 0)
+            high = blocked(instance_map[r1:r1 + 2, c0:c1], r1 >= h_img)
+            lo_edge, hi_edge = y0, y1
+        if low and high:
+            out[axis] = pred_t8[axis]
+        elif high:
+            out[axis] = lo_edge + 0.5 * pred_size
+        elif low:
+            out[axis] = hi_edge - 0.5 * pred_size
+        else:
+            continue
+        out[2 + axis] = pred_size
+    return out

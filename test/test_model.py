@@ -1,0 +1,185 @@
+"""The model: architecture shapes, a tiny training run whose loss falls, checkpoints, the predictor."""
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from panoptic_ros.classes import CITYSCAPES, ClassInfo, ClassTable
+from panoptic_ros.datasets.types import PanopticFrame
+from panoptic_ros.model.backbone import EfficientNetLite0, build_backbone, lite0_imagenet_path
+from panoptic_ros.model.checkpoint import CheckpointError, ModelCard, load_model, save_model
+from panoptic_ros.model.config import ModelConfig, demo_config
+from panoptic_ros.model.efficientps import build_model
+from panoptic_ros.model.predictor import Predictor
+from panoptic_ros.model.targets import frame_to_sample
+from panoptic_ros.model.train import TrainSettings, train
+
+torch.set_num_threads(2)
+
+TINY = dict(fpn_channels=32, semantic_channels=16, box_head_dim=64, mask_head_channels=16, mask_head_convs=1,
+            embedding_dim=16, input_height=64, input_width=128, anchor_sizes=(8, 16, 32, 64),
+            rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
+
+
+def street_frame(seed: int, h: int = 64, w: int = 128) -> PanopticFrame:
+    """Sky over road with a few cars: a scene a tiny model can fit in a few steps."""
+    rng = random.Random(seed)
+    img = np.zeros((h, w, 3), np.uint8)
+    sem = np.zeros((h, w), np.uint8)
+    inst = np.zeros((h, w), np.int32)
+    img[: h // 3] = (70, 130, 180)
+    sem[: h // 3] = 10
+    img[h // 3:] = (128, 64, 128)
+    for k in range(3):
+        x, y = rng.randrange(0, w - 30), rng.randrange(h // 3, h - 16)
+        img[y:y + 14, x:x + 24] = (0, 0, 142)
+        sem[y:y + 14, x:x + 24] = 13
+        inst[y:y + 14, x:x + 24] = k + 1
+    return PanopticFrame(img, sem, inst)
+
+
+class FixedPairs:
+    def sample(self, rng):
+        return street_frame(1), street_frame(1)
+
+    def describe(self):
+        return {"source": "test"}
+
+
+def test_backbone_strides_and_imagenet_weights():
+    net = build_backbone("efficientnet_lite0", pretrained=True).eval()
+    feats = net(torch.zeros(1, 3, 64, 128))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(16, 32), (8, 16), (4, 8), (2, 4)]
+    assert [f.shape[1] for f in feats] == list(EfficientNetLite0.out_channels)
+    # Every trunk tensor came from the ImageNet file (not left at random init).
+    from safetensors.torch import load_file
+    state = load_file(str(lite0_imagenet_path()))
+    own = net.state_dict()
+    assert set(state) <= set(own)
+    assert all(torch.equal(own[k], v) for k, v in state.items())
+    assert len(state) == len([k for k in own if not k.endswith("num_batches_tracked")])
+
+
+def test_torchvision_backbone_selectable():
+    net = build_backbone("efficientnet_b0", pretrained=False)
+    feats = net(torch.zeros(1, 3, 64, 64))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+
+
+def test_targets_from_frame():
+    f = street_frame(3)
+    s = frame_to_sample(f, CITYSCAPES)
+    assert s.image.shape == (3, 64, 128) and s.semantic.shape == (64, 128)
+    assert len(s.instances.boxes) == len(set(np.unique(f.instance)) - {0})
+    car_label = CITYSCAPES.thing_ids.index(13) + 1
+    assert (s.instances.labels == car_label).all()
+    for box, mask in zip(s.instances.boxes, s.instances.masks):
+        ys, xs = np.nonzero(mask.numpy())
+        assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    flipped = frame_to_sample(f, CITYSCAPES, flip=True)
+    assert torch.equal(flipped.semantic, s.semantic.flip(-1))
+
+
+def test_tiny_training_run_loss_falls_and_resumes(tmp_path):
+    s = TrainSettings(out=str(tmp_path / "run"), steps=24, warmup_steps=4, lr=2e-3, checkpoint_every=12,
+                      overrides=TINY)
+    path = train(s, source=FixedPairs(), progress=False)
+    hist = json.loads((tmp_path / "run" / "train_state" / "state.json").read_text())["state"]["history"]
+    first = np.mean([h["total"] for h in hist[:3]])
+    last = np.mean([h["total"] for h in hist[-3:]])
+    assert last < 0.6 * first, (first, last)
+    assert (tmp_path / "run" / "loss_curves.png").stat().st_size > 1000
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["training"]["steps_done"] == 24 and card["config"]["fpn_channels"] == 32
+    # Resume: asking for more steps continues from the saved step instead of starting over.
+    s.steps = 26
+    train(s, source=FixedPairs(), progress=False)
+    hist2 = json.loads((tmp_path / "run" / "train_state" / "state.json").read_text())["state"]["history"]
+    assert len(hist2) == 26 and hist2[:24] == hist
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = ModelConfig(pretrained_backbone=False, **TINY)
+    model = build_model(cfg).eval()
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(model, path, ModelCard(name="tiny", config=cfg))
+    return path, model
+
+
+def test_checkpoint_round_trip_gives_the_same_outputs(tiny_model_file):
+    path, model = tiny_model_file
+    loaded, card = load_model(path, expected_classes=CITYSCAPES)
+    x = torch.randn(1, 3, 64, 128)
+    ref = model.half().float()(x)  # the file stores fp16
+    out = loaded(x)
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert card.name == "tiny" and len(card.weights_sha256) == 64
+
+
+def test_bad_checkpoints_are_refused_with_a_reason(tiny_model_file, tmp_path):
+    path, model = tiny_model_file
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope.safetensors")
+    pickled = tmp_path / "pickled.safetensors"
+    torch.save(model.state_dict(), pickled)
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_model(pickled)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    truncated.with_suffix(".json").write_text(path.with_suffix(".json").read_text())
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_model(truncated)
+    corrupt = tmp_path / "corrupt.safetensors"
+    data = bytearray(path.read_bytes())
+    data[8:20] = b"not json!!!!"
+    corrupt.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model(corrupt)
+    no_card = tmp_path / "nocard.safetensors"
+    no_card.write_bytes(path.read_bytes())
+    with pytest.raises(CheckpointError, match="card"):
+        load_model(no_card)
+    other = ClassTable(CITYSCAPES.classes[:18] + (ClassInfo(18, "bike", 33, True, (1, 2, 3)),))
+    with pytest.raises(CheckpointError, match="classes"):
+        load_model(path, expected_classes=other)
+    # A card whose architecture does not match the tensors (wider FPN).
+    wrong = tmp_path / "wrong.safetensors"
+    wrong.write_bytes(path.read_bytes())
+    card = json.loads(path.with_suffix(".json").read_text())
+    card["config"]["fpn_channels"] = 48
+    wrong.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_model(wrong)
+
+
+def test_predictor_returns_typed_results_at_frame_size(tiny_model_file):
+    path, _ = tiny_model_file
+    pred = Predictor.from_file(path, device="cpu")
+    pred.with_fusion(score_threshold=0.0, min_stuff_area=0)
+    frames = [street_frame(5).image, np.ascontiguousarray(street_frame(6, 96, 160).image)]
+    results = pred.predict(frames)
+    assert [r.class_map.shape for r in results] == [(64, 128), (96, 160)]
+    for r in results:
+        n = r.num_instances
+        assert r.instance_map.dtype == np.int32 and r.class_map.dtype == np.uint8
+        assert r.scores.shape == (n,) and r.boxes_xyxy.shape == (n, 4) and r.embeddings.shape == (n, 16)
+        assert set(np.unique(r.instance_map)) <= set(range(n + 1))
+        for i in range(n):
+            ys, xs = np.nonzero(r.mask(i))
+            assert r.boxes_xyxy[i].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+            assert CITYSCAPES.classes[r.classes[i]].is_thing
+            assert (r.class_map[r.mask(i)] == r.classes[i]).all()
+        if n:
+            np.testing.assert_allclose(np.linalg.norm(r.embeddings, axis=1), 1.0, rtol=1e-4)
+    with pytest.raises(ValueError, match="uint8"):
+        pred.predict([np.zeros((4, 4), np.float32)])
+
+
+def test_demo_config_is_the_shipped_architecture():
+    cfg = demo_config()
+    assert cfg.backbone == "efficientnet_lite0" and (cfg.input_height, cfg.input_width) == (256, 512)
