@@ -135,7 +135,7 @@ class VPQAccumulator:
         history.append(overlap)
         for k in self.window_sizes:
             if len(history) >= k:
-                window = merge_overlaps(list(history)[-1:])
+                window = merge_overlaps(list(history)[-k:])
                 self._counts[k] += match_segments(window, self.class_table)
                 self._num_windows[k] += 1
 
@@ -266,7 +266,7 @@ class STQAccumulator:
         if crowd_ids.size:
             crowd |= gt_thing & np.isin(gt.instance, crowd_ids)
         label_mask = gt_thing & ~crowd
-        pred_mask = self._is_thing[ps] & ~crowd
+        pred_mask = self._is_thing[ps]
         both = label_mask & pred_mask
 
         g = pair_codes(gs[label_mask], gt.instance[label_mask], ws, "g")
