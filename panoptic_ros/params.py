@@ -130,11 +130,15 @@ class CameraMountParams:
                             minimum=0.0, maximum=100.0, dynamic=True, unit="m")
     pitch_deg: float = param(0.0, "Camera pitch, positive looks down", minimum=-89.0, maximum=89.0, dynamic=True,
                              unit="deg")
+    per_camera: list[str] = param([], "Mountings that differ from height_m/pitch_deg, one per camera as "
+                                      "'name:height_m:pitch_deg' (e.g. 'rear:1.2:5.0')", dynamic=True)
 
 
 @dataclass
 class NodeParams:
-    cameras: list[str] = param(["camera"], "Camera names; each is a namespace with its own topics and tracker")
+    cameras: list[str] = param(["camera"], "Camera names, each with its own tracker; with one camera the topics "
+                                           "are image, camera_info, panoptic/... (no prefix), with several each "
+                                           "camera's topics sit under its name (front/image, front/panoptic/...)")
     input_transport: str = param("raw", "Subscribe to sensor_msgs/Image ('raw', topic image) or "
                                         "sensor_msgs/CompressedImage ('compressed', topic image/compressed)",
                                  choices=("raw", "compressed"))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -54,7 +53,7 @@ def make_frames(num: int = 3, sequence: str = "seq-a", h: int = 24, w: int = 32,
         x0 = 4 + 2 * k
         sem[14:20, x0:x0 + 6], inst[14:20, x0:x0 + 6] = CAR, 3
         sem[8:16, 20:23], inst[8:16, 20:23] = PERSON, 7
-        sem[18:22, 24:30] = PERSON  # crowd: thing class, no track id
+        sem[18:22, 24:30], inst[18:22, 24:30] = PERSON, 0  # crowd: thing class, no track id
         objects = [ObjectAnnotation(3, CAR, 36, 1.0, (float(x0), 14.0, float(x0 + 6), 20.0), (0.5, 1.5, 8.0)),
                    ObjectAnnotation(7, PERSON, 24, 0.75, (20.0, 7.0, 23.0, 16.0), None)]
         if k < num - 1:
@@ -429,3 +428,35 @@ def test_writers_reject_frames_that_break_the_panoptic_invariants(tmp_path: Path
     frame.semantic[10, 21] = CAR  # track 7 now covers a person and a car pixel
     with pytest.raises(DatasetError, match="instance id 7 covers pixels of two classes"):
         write_video_panoptic(tmp_path / "c", [frame])
+
+
+# --------------------------------------------------------------------------- panoptic-ros synth
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--size", "16x64"], "size 16x64 is outside 32..4096"),
+    (["--size", "256by512"], "is not HEIGHTxWIDTH"),
+    (["--sequences", "0"], "--sequences: must be at least 1, got 0"),
+    (["--frames", "two"], "--frames: 'two' is not a whole number"),
+    (["--fps", "0"], "fps must lie in 0.1..1000"),
+    (["--seed", "-1"], "seed must lie in 0..2**32-1"),
+    (["--format", "kitti"], "invalid choice: 'kitti'"),
+])
+def test_synth_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                     message: str) -> None:
+    from panoptic_ros.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", "--out", str(tmp_path / "out"), *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_synth_refuses_a_non_empty_output_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from panoptic_ros.cli import main
+
+    (tmp_path / "keep.txt").write_text("precious")
+    assert main(["synth", "--out", str(tmp_path), "--frames", "1"]) == 2
+    assert "exists and is not an empty directory" in capsys.readouterr().err
+    assert main(["synth", "--out", str(tmp_path / "new"), "--format", "coco", "--compressed"]) == 2
+    assert "--storage and --compressed apply to bags" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

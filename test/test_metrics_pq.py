@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -232,7 +231,7 @@ def test_random_cases_agree_with_panopticapi(tmp_path: Path, seed: int) -> None:
 
 
 def test_random_cases_exercise_every_rule(tmp_path: Path) -> None:
-    """The generator produces TP, FP, FN, crowd-absorbed and void-absorbed predictions (else the cross-check is weak)."""
+    """The generator yields TP, FP and FN of every thing class, crowd and void (else the cross-check is weak)."""
     rng = np.random.default_rng(7)
     images = [_random_image(rng, SMALL) for _ in range(30)]
     ours = _ours(images, SMALL)
@@ -453,10 +452,12 @@ def test_miou_agrees_with_cityscapesscripts(tmp_path: Path, monkeypatch: pytest.
         to_label[c.train_id] = c.label_id
     rng = np.random.default_rng(3)
     ours = MIoUAccumulator(CITYSCAPES)
+    via_pq = PQAccumulator(CITYSCAPES)  # its mIoU comes from the segment overlaps, not from the pixels
     for k in range(4):
         im = _random_image(rng, CITYSCAPES)
         gt, pred = im["gt_sem"], im["pred_sem"]
         ours.add(gt, pred)
+        via_pq.add(gt, im["gt_inst"], pred, im["pred_inst"])
         Image.fromarray(to_label[gt]).save(tmp_path / f"gt{k}_labelIds.png")
         Image.fromarray(to_label[pred]).save(tmp_path / f"pred{k}.png")
         ev.evaluatePair(str(tmp_path / f"pred{k}.png"), str(tmp_path / f"gt{k}_labelIds.png"), conf, {}, {}, ev.args)
@@ -469,28 +470,8 @@ def test_miou_agrees_with_cityscapesscripts(tmp_path: Path, monkeypatch: pytest.
         else:
             assert r.iou[c.train_id] == pytest.approx(ref, abs=1e-12), c.name
     assert r.miou == pytest.approx(ev.getScoreAverage(scores, ev.args), abs=1e-12)
+    from_pq = via_pq.result().miou
+    assert from_pq is not None and np.array_equal(from_pq.confusion, r.confusion)
 
 
 # --------------------------------------------------------------------------- speed
-
-
-def test_a_512x1024_frame_takes_milliseconds() -> None:
-    """Regression guard against per-pixel sorting or Python loops (measured ~5 ms here; bound generous)."""
-    rng = np.random.default_rng(0)
-    sem = np.zeros((512, 1024), dtype=np.uint8)
-    sem[:200] = 10
-    sem[400:] = 1
-    inst = np.zeros_like(sem, dtype=np.int32)
-    for i in range(40):
-        y, x = rng.integers(0, 470), rng.integers(0, 960)
-        sem[y:y + 40, x:x + 60] = 13
-        inst[y:y + 40, x:x + 60] = 26000 + i
-    pinst = inst.copy()
-    pinst[::7] = 5
-    acc = PQAccumulator(CITYSCAPES)
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        acc.add(sem, inst, sem, pinst)
-        times.append(time.perf_counter() - t0)
-    assert min(times) < 0.05, f"{min(times) * 1000:.1f} ms per frame"

@@ -86,8 +86,10 @@ def _random_sequence(rng: np.random.Generator, table: ClassTable, frames: int, h
 
 
 def _stack(frames: list[dict]) -> dict:
-    return {key: np.concatenate([f[key] for f in frames], axis=0) for key in ("gt_sem", "gt_inst", "pred_sem", "pred_inst")} | {
-        "crowd": sorted({c for f in frames for c in f["crowd"]})}
+    """k frames on top of each other: one tall image whose ids are the tube ids."""
+    tall = {key: np.concatenate([f[key] for f in frames], axis=0)
+            for key in ("gt_sem", "gt_inst", "pred_sem", "pred_inst")}
+    return tall | {"crowd": sorted({c for f in frames for c in f["crowd"]})}
 
 
 # --------------------------------------------------------------------------- VPQ

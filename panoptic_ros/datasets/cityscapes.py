@@ -58,12 +58,13 @@ from panoptic_ros.datasets.coco import (
     decode_segments,
     id_to_rgb,
     load_json,
+    PixelGroups,
+    SegmentStats,
     pixel_groups,
     read_image_rgb,
     read_png,
     rgb_to_id,
     safe_name,
-    segment_stats,
     write_png,
 )
 from panoptic_ros.datasets.types import DatasetError, PanopticFrame
@@ -98,11 +99,16 @@ class CityscapesIds:
 
     segment_ids: np.ndarray  # int64 (H, W): label_id*1000+k for things, label_id for stuff and crowds, 0 void
     label_ids: np.ndarray  # uint8 (H, W): Cityscapes label id, 0 (unlabeled) for void
+    segments: dict[int, SegmentStats]  # area and box per segment id, ascending
 
 
-def cityscapes_ids(frame: PanopticFrame, classes: ClassTable = CITYSCAPES) -> CityscapesIds:
-    """Map a frame's train ids / track ids to Cityscapes label ids / instance ids (see module docstring)."""
-    groups = pixel_groups(frame.semantic, frame.instance)
+def cityscapes_ids(frame: PanopticFrame, classes: ClassTable = CITYSCAPES,
+                   groups: PixelGroups | None = None) -> CityscapesIds:
+    """Map a frame's train ids / track ids to Cityscapes label ids / instance ids (see module docstring).
+
+    ``groups``: the frame's pixel groups when the caller has them already.
+    """
+    groups = groups if groups is not None else pixel_groups(frame.semantic, frame.instance)
     crowd = crowd_track_ids(frame)
     label_of = np.zeros(256, dtype=np.int64)
     for c in classes.classes:
@@ -125,7 +131,7 @@ def cityscapes_ids(frame: PanopticFrame, classes: ClassTable = CITYSCAPES) -> Ci
         next_k[label] = k + 1
         seg[g] = label * 1000 + k
     label_ids = groups.paint(np.where(groups.class_ids == VOID, 0, label_of[np.minimum(groups.class_ids, 255)]))
-    return CityscapesIds(groups.paint(seg), label_ids.astype(np.uint8))
+    return CityscapesIds(groups.paint(seg), label_ids.astype(np.uint8), groups.segment_stats(seg))
 
 
 def camera_to_json(camera: CameraModel) -> dict:
@@ -176,13 +182,13 @@ class CityscapesPanopticWriter:
         return city
 
     def add(self, frame: PanopticFrame) -> None:
-        check_frame(frame, self.classes)
+        groups = check_frame(frame, self.classes)
         city = self.city_for(frame.sequence)
         image_id = image_id_for(city, 0, frame.frame_index)
         if image_id in self._ids:
             raise DatasetError(f"frame {frame.frame_index} of sequence {frame.sequence!r} was added twice")
         self._ids.add(image_id)
-        ids = cityscapes_ids(frame, self.classes)
+        ids = cityscapes_ids(frame, self.classes, groups)
         gt_dir = self.root / "gtFine" / self.split / city
         write_png(self.root / "leftImg8bit" / self.split / city / f"{image_id}_leftImg8bit.png", frame.image)
         write_png(gt_dir / f"{image_id}_gtFine_labelIds.png", ids.label_ids)
@@ -195,7 +201,7 @@ class CityscapesPanopticWriter:
             path.write_text(json.dumps(camera_to_json(frame.camera), indent=4))
         thing_labels = {c.label_id for c in self.classes.classes if c.is_thing}
         segments = []
-        for seg_id, st in sorted(segment_stats(ids.segment_ids).items()):
+        for seg_id, st in ids.segments.items():
             label = seg_id // 1000 if seg_id >= 1000 else seg_id
             segments.append({"id": seg_id, "category_id": label, "area": st.area_px, "bbox": list(st.bbox_xywh),
                              "iscrowd": int(seg_id < 1000 and label in thing_labels)})

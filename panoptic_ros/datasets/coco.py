@@ -110,6 +110,51 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
 # ---------------------------------------------------------------------------
 # Frames -> segments.
 
+def unique_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct values of an integer array and each element's index into them (flat).
+
+    np.unique(return_inverse=True) argsorts every pixel; with few distinct
+    values, sorting a copy and binary-searching is about twice as fast.
+    """
+    flat = values.ravel()
+    uniq = np.unique(flat)
+    return uniq, np.searchsorted(uniq, flat)
+
+
+@dataclass(frozen=True)
+class SegmentStats:
+    area_px: int
+    bbox_xywh: tuple[int, int, int, int]  # integer pixels, COCO convention (w = last - first + 1)
+
+
+def stats_by_index(index_hw: np.ndarray, count: int) -> list[SegmentStats | None]:
+    """Area and box of each label 0..count-1 of an (H, W) index map (None where a label has no pixels)."""
+    areas = np.bincount(index_hw.ravel(), minlength=count)
+    slices = ndimage.find_objects(index_hw.astype(np.int32) + 1, max_label=count)
+    out: list[SegmentStats | None] = []
+    for area, sl in zip(areas.tolist(), slices):
+        if sl is None:
+            out.append(None)
+            continue
+        ys, xs = sl
+        out.append(SegmentStats(int(area), (xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start)))
+    return out
+
+
+def _merge(a: SegmentStats, b: SegmentStats) -> SegmentStats:
+    x0, y0 = min(a.bbox_xywh[0], b.bbox_xywh[0]), min(a.bbox_xywh[1], b.bbox_xywh[1])
+    x1 = max(a.bbox_xywh[0] + a.bbox_xywh[2], b.bbox_xywh[0] + b.bbox_xywh[2])
+    y1 = max(a.bbox_xywh[1] + a.bbox_xywh[3], b.bbox_xywh[1] + b.bbox_xywh[3])
+    return SegmentStats(a.area_px + b.area_px, (x0, y0, x1 - x0, y1 - y0))
+
+
+def segment_stats(ids_hw: np.ndarray) -> dict[int, SegmentStats]:
+    """Area and box of every non-zero id of an (H, W) segment id map, in one pass."""
+    uniq, inverse = unique_inverse(ids_hw)
+    stats = stats_by_index(inverse.reshape(ids_hw.shape), uniq.size)
+    return {int(i): st for i, st in zip(uniq.tolist(), stats) if i != 0 and st is not None}
+
+
 @dataclass(frozen=True)
 class PixelGroups:
     """The distinct (class id, instance id) pairs of a frame and which pixels hold each."""
@@ -122,30 +167,22 @@ class PixelGroups:
         """(G,) segment id per group -> (H, W) int64 segment id map."""
         return np.asarray(segment_id_of_group, dtype=np.int64)[self.index_hw]
 
+    def segment_stats(self, segment_id_of_group: np.ndarray) -> dict[int, SegmentStats]:
+        """Area and box per non-zero segment id when group g becomes segment ``segment_id_of_group[g]``
+        (groups sharing an id merge): what :func:`segment_stats` of the painted map gives, without a sort."""
+        out: dict[int, SegmentStats] = {}
+        for seg_id, st in zip(np.asarray(segment_id_of_group).tolist(),
+                              stats_by_index(self.index_hw, self.class_ids.size)):
+            if seg_id == 0 or st is None:
+                continue
+            out[int(seg_id)] = _merge(out[int(seg_id)], st) if int(seg_id) in out else st
+        return dict(sorted(out.items()))
+
 
 def pixel_groups(semantic_hw: np.ndarray, instance_hw: np.ndarray) -> PixelGroups:
     key = instance_hw.astype(np.int64) * 256 + semantic_hw.astype(np.int64)
-    uniq, inverse = np.unique(key.ravel(), return_inverse=True)
+    uniq, inverse = unique_inverse(key)
     return PixelGroups(uniq % 256, uniq // 256, inverse.reshape(semantic_hw.shape))
-
-
-@dataclass(frozen=True)
-class SegmentStats:
-    area_px: int
-    bbox_xywh: tuple[int, int, int, int]  # integer pixels, COCO convention (w = last - first + 1)
-
-
-def segment_stats(ids_hw: np.ndarray) -> dict[int, SegmentStats]:
-    """Area and box of every non-zero id of an (H, W) segment id map, in one pass."""
-    uniq, inverse, counts = np.unique(ids_hw.ravel(), return_inverse=True, return_counts=True)
-    slices = ndimage.find_objects(inverse.reshape(ids_hw.shape).astype(np.int32) + 1)
-    stats: dict[int, SegmentStats] = {}
-    for seg_id, count, sl in zip(uniq.tolist(), counts.tolist(), slices):
-        if seg_id == 0 or sl is None:
-            continue
-        ys, xs = sl
-        stats[int(seg_id)] = SegmentStats(int(count), (xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start))
-    return stats
 
 
 def box_xywh_to_xyxy(box: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
@@ -154,8 +191,11 @@ def box_xywh_to_xyxy(box: tuple[int, int, int, int]) -> tuple[float, float, floa
     return (float(x), float(y), float(x + w), float(y + h))
 
 
-def check_frame(frame: PanopticFrame, classes: ClassTable) -> None:
-    """The invariants every writer relies on; raises DatasetError naming the first broken one."""
+def check_frame(frame: PanopticFrame, classes: ClassTable) -> PixelGroups:
+    """The invariants every writer relies on; raises DatasetError naming the first broken one.
+
+    Returns the frame's pixel groups (which the check needs anyway) for the writer to reuse.
+    """
     where = f"frame {frame.frame_index} of sequence {frame.sequence!r}"
     if frame.image.dtype != np.uint8 or frame.image.ndim != 3 or frame.image.shape[2] != 3:
         raise DatasetError(f"{where}: image must be (H, W, 3) uint8 RGB, got {frame.image.dtype} {frame.image.shape}")
@@ -183,6 +223,7 @@ def check_frame(frame: PanopticFrame, classes: ClassTable) -> None:
     ids, counts = np.unique(groups.instance_ids[groups.instance_ids != 0], return_counts=True)
     if (counts > 1).any():
         raise DatasetError(f"{where}: instance id {int(ids[counts > 1][0])} covers pixels of two classes")
+    return groups
 
 
 def crowd_track_ids(frame: PanopticFrame) -> set[int]:
@@ -224,7 +265,9 @@ def decode_segments(ids_hw: np.ndarray, segments_info: list[dict], train_id_of_c
             segs[int(s["id"])] = s
         except (KeyError, TypeError, ValueError):
             raise DatasetError(f"{where}: malformed segments_info entry {s!r}; each needs an integer 'id'") from None
-    stats = segment_stats(ids_hw)
+    uniq, inverse = unique_inverse(ids_hw)
+    stats = {int(i): st for i, st in zip(uniq.tolist(), stats_by_index(inverse.reshape(ids_hw.shape), uniq.size))
+             if i != 0 and st is not None}
     missing = sorted(set(stats) - set(segs))
     if missing:
         raise DatasetError(f"{where}: segment ids {missing[:5]} appear in the PNG but not in segments_info; "
@@ -232,7 +275,6 @@ def decode_segments(ids_hw: np.ndarray, segments_info: list[dict], train_id_of_c
     absent = sorted(set(segs) - set(stats))
     if absent:
         raise DatasetError(f"{where}: segments {absent[:5]} are listed in segments_info but have no pixels in the PNG")
-    uniq, inverse = np.unique(ids_hw.ravel(), return_inverse=True)
     cls = np.full(uniq.shape, VOID, dtype=np.uint8)
     inst = np.zeros(uniq.shape, dtype=np.int32)
     objects: list[ObjectAnnotation] = []
@@ -279,13 +321,12 @@ class CocoPanopticWriter:
         self._stems: set[str] = set()
 
     def add(self, frame: PanopticFrame) -> None:
-        check_frame(frame, self.classes)
+        groups = check_frame(frame, self.classes)
         stem = f"{safe_name(frame.sequence)}_{frame.frame_index:06d}"
         if stem in self._stems:
             raise DatasetError(f"two frames map to the file name {stem!r}: sequence names must differ in more than "
                                "punctuation and frame indices must be unique within a sequence")
         self._stems.add(stem)
-        groups = pixel_groups(frame.semantic, frame.instance)
         crowd = crowd_track_ids(frame)
         is_thing = self.classes.is_thing_mask
         seg_of_group = np.zeros(len(groups.class_ids), dtype=np.int64)
@@ -298,9 +339,8 @@ class CocoPanopticWriter:
             seg_of_group[g] = seg_id
             category[seg_id] = c
             iscrowd[seg_id] = int(bool(is_thing[c]) and (t == 0 or t in crowd))
-        ids = groups.paint(seg_of_group)
-        stats = segment_stats(ids)
-        write_png(self.png_dir / f"{stem}.png", id_to_rgb(ids))
+        stats = groups.segment_stats(seg_of_group)
+        write_png(self.png_dir / f"{stem}.png", id_to_rgb(groups.paint(seg_of_group)))
         write_png(self.image_dir / f"{stem}.png", frame.image)
         image_id = len(self._images) + 1
         self._images.append({"id": image_id, "file_name": f"{stem}.png", "width": frame.width, "height": frame.height,

@@ -65,7 +65,7 @@ from rosbags.typesys.store import Typestore
 
 from panoptic_ros.camera import CameraIntrinsics, CameraModel, CameraMounting
 from panoptic_ros.classes import CITYSCAPES, VOID, ClassInfo, ClassTable
-from panoptic_ros.datasets.coco import box_xywh_to_xyxy, check_frame, crowd_track_ids, segment_stats
+from panoptic_ros.datasets.coco import box_xywh_to_xyxy, check_frame, crowd_track_ids, stats_by_index, unique_inverse
 from panoptic_ros.datasets.types import DatasetError, ObjectAnnotation, PanopticFrame
 from panoptic_ros.image_codec import (
     ImageDecodeError,
@@ -204,7 +204,8 @@ def mounting_from_transform(translation_m: tuple[float, float, float],
     """base_footprint -> optical frame transform -> height and pitch; None if it has roll or yaw."""
     r_level_cam = _BASE_FROM_LEVEL.T @ matrix_from_quaternion(*rotation_xyzw)  # = R(pitch)^T
     pitch = math.atan2(r_level_cam[1, 2], r_level_cam[1, 1])
-    expected = CameraMounting(1.0, pitch).rotation_level_to_camera().T
+    c, s = math.cos(pitch), math.sin(pitch)
+    expected = np.array([[1.0, 0.0, 0.0], [0.0, c, s], [0.0, -s, c]])
     if not np.allclose(r_level_cam, expected, atol=1e-6):
         return None  # the model has no roll or yaw
     try:
@@ -280,8 +281,9 @@ def ground_truth_objects(frame: PanopticFrame) -> list[GroundTruthObject]:
     """The per-object content of the objects message for ``frame``, in ascending track id."""
     crowd = crowd_track_ids(frame)
     inst = frame.instance.astype(np.int64)
-    stats = segment_stats(inst)
-    ids, inverse = np.unique(inst.ravel(), return_inverse=True)
+    ids, inverse = unique_inverse(inst)
+    stats = {int(t): st for t, st in zip(ids.tolist(), stats_by_index(inverse.reshape(inst.shape), ids.size))
+             if t != 0 and st is not None}
     ys, xs = np.indices(inst.shape)
     sum_x = np.bincount(inverse, weights=xs.ravel(), minlength=ids.size)
     sum_y = np.bincount(inverse, weights=ys.ravel(), minlength=ids.size)
@@ -460,7 +462,8 @@ class RosbagWriter:
                 distance_m=float(np.linalg.norm(pos)) if pos is not None else 0.0))
         return t["panoptic_ros/msg/PanopticObjectArray"](
             header=_header(self.ts, stamp, self.topics.frame_id), camera_name=self.topics.camera,
-            frame_index=int(frame.frame_index), processing_time_s=0.0, objects=objects)
+            frame_index=int(frame.frame_index), processing_time_s=0.0, image_width=frame.width,
+            image_height=frame.height, objects=objects)
 
     def close(self) -> Path:
         if self._sequence is not None:

@@ -262,9 +262,12 @@ def _segment_keys(codes: PairCodes, is_thing: np.ndarray) -> tuple[np.ndarray, n
 
 
 def joint_counts(gi: np.ndarray, pi: np.ndarray, n_gt: int, n_pred: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pair index gi * n_pred + pi, pixel count) of every co-occurring pair."""
+    """(pair index gi * n_pred + pi, pixel count) of every co-occurring pair.
+
+    ``gi`` is overwritten: callers pass a workspace buffer (see :meth:`PairCodes.gather`).
+    """
     if n_gt * n_pred <= (1 << 24):
-        np.multiply(gi, n_pred, out=gi)  # gi is a scratch buffer
+        np.multiply(gi, n_pred, out=gi)
         np.add(gi, pi, out=gi)
         joint = np.bincount(gi, minlength=n_gt * n_pred)
         nz = np.flatnonzero(joint)

@@ -266,7 +266,7 @@ class STQAccumulator:
         if crowd_ids.size:
             crowd |= gt_thing & np.isin(gt.instance, crowd_ids)
         label_mask = gt_thing & ~crowd
-        pred_mask = self._is_thing[ps]
+        pred_mask = self._is_thing[ps] & ~crowd
         both = label_mask & pred_mask
 
         g = pair_codes(gs[label_mask], gt.instance[label_mask], ws, "g")

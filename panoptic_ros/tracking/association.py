@@ -43,9 +43,9 @@ class DetectionSet:
     stride: int
     instance_map: np.ndarray  # int32 (H, W), the result's own (not copied)
     label_map_u8: np.ndarray | None  # uint8 copy of instance_map when N <= 255 (fast look-ups)
-    _rows: np.ndarray  # int32: grid rows of all detection pixels, grouped by detection
-    _cols: np.ndarray
-    _starts: np.ndarray  # int64 (N + 1,): detection i owns [_starts[i], _starts[i + 1])
+    grid_rows: np.ndarray  # int32: grid rows of all detection pixels, grouped by detection
+    grid_cols: np.ndarray
+    grid_starts: list[int]  # N + 1 offsets: detection i owns [grid_starts[i], grid_starts[i + 1])
 
     @property
     def n(self) -> int:
@@ -57,9 +57,9 @@ class DetectionSet:
 
     def grid_pixels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows, cols) int32 copies of detection ``i``'s pixels on the grid (at least one: its box centre)."""
-        a, b = int(self._starts[i]), int(self._starts[i + 1])
+        a, b = self.grid_starts[i], self.grid_starts[i + 1]
         if b > a:
-            return self._rows[a:b].copy(), self._cols[a:b].copy()
+            return self.grid_rows[a:b].copy(), self.grid_cols[a:b].copy()
         h, w = self.label_map_ds.shape
         x0, y0, x1, y1 = self.boxes_xyxy[i]
         off = self.stride // 2
@@ -85,7 +85,7 @@ class DetectionSet:
         ds = np.ascontiguousarray(inst[off::stride, off::stride], dtype=np.int32)
         w = ds.shape[1]
         flat = ds.ravel()
-        nz = np.flatnonzero(flat)
+        nz = (flat != 0).nonzero()[0]  # a bool nonzero is several times faster than an int32 one
         labels = flat[nz]
         ds_counts = np.bincount(labels, minlength=n + 1)
         rows_all = (nz // w).astype(np.int32)
@@ -113,7 +113,7 @@ class DetectionSet:
                    boxes_xyxy=boxes, embeddings=emb, has_embedding=has_emb, area_px=area,
                    centroid_px=centroid, label_map_ds=ds, ds_area=ds_counts[1:n + 1].astype(np.int64),
                    stride=int(stride), instance_map=inst, label_map_u8=u8,
-                   _rows=rows_all[order], _cols=cols_all[order], _starts=starts)
+                   grid_rows=rows_all[order], grid_cols=cols_all[order], grid_starts=starts.tolist())
 
 
 def _check_result(result: PanopticResult) -> int:
@@ -202,6 +202,43 @@ def box_region_labels(label_map_ds: np.ndarray, boxes_xyxy: np.ndarray, stride: 
         if crop.size:
             counts[i] = np.bincount(crop.ravel(), minlength=n1)
     return counts, counts.sum(axis=1)
+
+
+def blocked_sides(label_map: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray,
+                  fraction: float) -> np.ndarray:
+    """bool (K, 4): is each box's left, top, right, bottom side cut off?
+
+    A side is cut off when the image ends there, or when pixels of *other*
+    things (labels other than 0 and the box's own ``labels[k]``) fill at least
+    ``fraction`` of the one-pixel line just outside it: something in front
+    hides the rest of the object. All lines of all boxes are read in one
+    gather (no per-box Python loop). ``label_map`` must be C-contiguous.
+    """
+    h, w = label_map.shape
+    x0 = np.floor(boxes_xyxy[:, 0]).astype(np.int64)
+    y0 = np.floor(boxes_xyxy[:, 1]).astype(np.int64)
+    x1 = np.ceil(boxes_xyxy[:, 2]).astype(np.int64)
+    y1 = np.ceil(boxes_xyxy[:, 3]).astype(np.int64)
+    out = np.stack([x0 <= 0, y0 <= 0, x1 >= w, y1 >= h], axis=1)
+    ys0, ys1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
+    xs0, xs1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
+    fixed = np.stack([x0 - 1, y0 - 1, x1, y1], axis=1)  # the line's column (left/right) or row (top/bottom)
+    lo = np.stack([ys0, xs0, ys0, xs0], axis=1)  # its span along the side
+    hi = np.stack([ys1, xs1, ys1, xs1], axis=1)
+    ks, sides = np.nonzero(~out & (hi > lo))
+    if ks.size == 0:
+        return out
+    length = hi[ks, sides] - lo[ks, sides]
+    owner = np.repeat(np.arange(ks.size), length)
+    along = (np.arange(int(length.sum())) - np.repeat(np.cumsum(length) - length, length)
+             + np.repeat(lo[ks, sides], length))
+    across = np.repeat(fixed[ks, sides], length)
+    vertical = np.repeat(sides % 2 == 0, length)
+    values = label_map.ravel()[np.where(vertical, along * w + across, across * w + along)]
+    other = (values != 0) & (values != np.repeat(labels[ks], length))
+    hits = np.bincount(owner, weights=other, minlength=ks.size)
+    out[ks, sides] = hits >= fraction * length
+    return out
 
 
 def box_iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:

@@ -1,17 +1,24 @@
 """A constant-velocity Kalman filter on boxes, batched over tracks.
 
-State per track: ``[cx, cy, w, h, vx, vy, vw, vh]`` -- box centre and size in
-pixels, their rates in pixels per **second** (not per frame), so that frames
-arriving at uneven intervals, or dropped, are predicted correctly from their
-stamps. Every function works on a whole table at once: ``mean_t8`` (T, 8) and
-``cov_t88`` (T, 8, 8), because the tracker's per-frame budget (about 2 ms for
-50 objects) leaves no room for a Python loop of small matrix products.
+State per track: ``mean_t8`` rows ``[cx, cy, w, h, vx, vy, vw, vh]`` -- box
+centre and size in pixels, their rates in pixels per **second** (not per
+frame), so that frames arriving at uneven intervals, or dropped, are
+predicted correctly from their stamps.
 
-The noise follows ByteTrack / BoT-SORT's idea of scaling every standard
-deviation by the box size (width for x and w terms, height for y and h terms),
-so one setting serves a distant pedestrian and a nearby bus. Process noise is
-the discrete white-noise-acceleration model: acceleration (in box sizes per
-second squared) integrated over the step ``dt``.
+The four axes (cx, cy, w, h) are independent: with the diagonal noise that
+ByteTrack and OC-SORT use and a measurement of all four, the 8x8 covariance
+never couples them, so it is kept as four 2x2 blocks, ``cov_t43`` rows
+``[var(position), cov(position, rate), var(rate)]`` per axis. Every step is
+then a few element-wise array operations for the whole track table -- the
+tracker's budget (about 2 ms for 50 objects) has no room for batches of
+small matrix products. Only a camera rotation would couple x and y; its
+inter-frame angle is tiny, and :func:`warp` drops that correlation.
+
+The noise follows ByteTrack / BoT-SORT in scaling every standard deviation by
+the box size (width for the x and w axes, height for y and h), so one setting
+serves a distant pedestrian and a nearby bus. Process noise is the discrete
+white-noise-acceleration model: acceleration (in box sizes per second
+squared) integrated over the step ``dt``.
 """
 from __future__ import annotations
 
@@ -35,73 +42,64 @@ class MotionNoise:
     initial_velocity_std_s: float = 1.0  # first-sighting uncertainty of the velocity, sizes / s
 
 
-def _sizes_t4(mean_t8: np.ndarray) -> np.ndarray:
-    """(T, 4) scale per measured axis: w for x and w, h for y and h."""
-    w = np.maximum(mean_t8[:, 2], _MIN_SIZE_PX)
-    h = np.maximum(mean_t8[:, 3], _MIN_SIZE_PX)
-    return np.stack([w, h, w, h], axis=1)
+def _scale_t4(mean_t8: np.ndarray) -> np.ndarray:
+    """(T, 4) length scale per axis: w for x and w, h for y and h."""
+    wh = np.maximum(mean_t8[:, 2:4], _MIN_SIZE_PX)
+    return np.concatenate([wh, wh], axis=1)
 
 
 def initiate(boxes_cxcywh: np.ndarray, noise: MotionNoise = MotionNoise()) -> tuple[np.ndarray, np.ndarray]:
-    """New tracks at rest from (T, 4) measurements -> ((T, 8) mean, (T, 8, 8) covariance)."""
+    """New tracks at rest from (T, 4) measurements -> ((T, 8) mean, (T, 4, 3) covariance)."""
     z = np.asarray(boxes_cxcywh, dtype=np.float64).reshape(-1, MEASURE_DIM)
-    t = z.shape[0]
-    mean = np.zeros((t, STATE_DIM))
+    mean = np.zeros((z.shape[0], STATE_DIM))
     mean[:, :4] = z
-    scale = _sizes_t4(mean)
-    std = np.concatenate([noise.initial_position_std * scale, noise.initial_velocity_std_s * scale], axis=1)
-    cov = np.zeros((t, STATE_DIM, STATE_DIM))
-    idx = np.arange(STATE_DIM)
-    cov[:, idx, idx] = std ** 2
+    scale = _scale_t4(mean)
+    cov = np.zeros((z.shape[0], 4, 3))
+    cov[:, :, 0] = (noise.initial_position_std * scale) ** 2
+    cov[:, :, 2] = (noise.initial_velocity_std_s * scale) ** 2
     return mean, cov
 
 
-def predict(mean_t8: np.ndarray, cov_t88: np.ndarray, dt_s: float,
+def predict(mean_t8: np.ndarray, cov_t43: np.ndarray, dt_s: float,
             noise: MotionNoise = MotionNoise()) -> tuple[np.ndarray, np.ndarray]:
     """Advance every track by ``dt_s`` seconds (new arrays; inputs untouched)."""
-    t = mean_t8.shape[0]
-    if t == 0 or dt_s <= 0.0:
-        return mean_t8.copy(), cov_t88.copy()
-    f = np.eye(STATE_DIM)
-    f[:4, 4:] = np.eye(4) * dt_s
-    mean = mean_t8 @ f.T
-    cov = f @ cov_t88 @ f.T
-    scale = _sizes_t4(mean_t8)
-    accel = scale * np.array([noise.acceleration_std_s2, noise.acceleration_std_s2,
-                              noise.size_rate_std_s2, noise.size_rate_std_s2])
-    q = accel ** 2  # (T, 4)
-    i = np.arange(4)
-    cov[:, i, i] += q * (dt_s ** 4 / 4.0)
-    cov[:, i, i + 4] += q * (dt_s ** 3 / 2.0)
-    cov[:, i + 4, i] += q * (dt_s ** 3 / 2.0)
-    cov[:, i + 4, i + 4] += q * (dt_s ** 2)
-    # A size never shrinks through zero, whatever the rate said.
-    np.maximum(mean[:, 2:4], _MIN_SIZE_PX, out=mean[:, 2:4])
+    if mean_t8.shape[0] == 0 or dt_s <= 0.0:
+        return mean_t8.copy(), cov_t43.copy()
+    mean = mean_t8.copy()
+    mean[:, :4] += dt_s * mean_t8[:, 4:]
+    np.maximum(mean[:, 2:4], _MIN_SIZE_PX, out=mean[:, 2:4])  # a size never shrinks through zero
+    q = (_scale_t4(mean_t8) * np.array([noise.acceleration_std_s2, noise.acceleration_std_s2,
+                                        noise.size_rate_std_s2, noise.size_rate_std_s2])) ** 2
+    pp, pv, vv = cov_t43[:, :, 0], cov_t43[:, :, 1], cov_t43[:, :, 2]
+    cov = np.empty_like(cov_t43)
+    cov[:, :, 0] = pp + 2.0 * dt_s * pv + dt_s * dt_s * vv + q * (dt_s ** 4 / 4.0)
+    cov[:, :, 1] = pv + dt_s * vv + q * (dt_s ** 3 / 2.0)
+    cov[:, :, 2] = vv + q * (dt_s ** 2)
     return mean, cov
 
 
-def update(mean_t8: np.ndarray, cov_t88: np.ndarray, z_t4: np.ndarray,
+def update(mean_t8: np.ndarray, cov_t43: np.ndarray, z_t4: np.ndarray,
            noise: MotionNoise = MotionNoise()) -> tuple[np.ndarray, np.ndarray]:
     """Correct every track with its (T, 4) ``[cx, cy, w, h]`` measurement (new arrays)."""
     if mean_t8.shape[0] == 0:
-        return mean_t8.copy(), cov_t88.copy()
-    z = np.asarray(z_t4, dtype=np.float64)
-    r = (noise.measurement_std * _sizes_t4(mean_t8)) ** 2  # (T, 4)
-    s = cov_t88[:, :4, :4].copy()
-    i = np.arange(4)
-    s[:, i, i] += r
-    ph = cov_t88[:, :, :4]  # P H^T, (T, 8, 4)
-    # K = P H^T S^-1; S is symmetric, so K^T = S^-1 (H P).
-    gain = np.linalg.solve(s, np.transpose(ph, (0, 2, 1))).transpose(0, 2, 1)  # (T, 8, 4)
-    innovation = z - mean_t8[:, :4]
-    mean = mean_t8 + np.einsum("tij,tj->ti", gain, innovation)
-    cov = cov_t88 - gain @ cov_t88[:, :4, :]
-    cov = 0.5 * (cov + np.transpose(cov, (0, 2, 1)))  # keep it symmetric against round-off
+        return mean_t8.copy(), cov_t43.copy()
+    r = (noise.measurement_std * _scale_t4(mean_t8)) ** 2
+    pp, pv, vv = cov_t43[:, :, 0], cov_t43[:, :, 1], cov_t43[:, :, 2]
+    s = pp + r
+    k_pos, k_vel = pp / s, pv / s
+    innovation = np.asarray(z_t4, dtype=np.float64) - mean_t8[:, :4]
+    mean = mean_t8.copy()
+    mean[:, :4] += k_pos * innovation
+    mean[:, 4:] += k_vel * innovation
     np.maximum(mean[:, 2:4], _MIN_SIZE_PX, out=mean[:, 2:4])
+    cov = np.empty_like(cov_t43)
+    cov[:, :, 0] = pp * (1.0 - k_pos)
+    cov[:, :, 1] = pv * (1.0 - k_pos)
+    cov[:, :, 2] = vv - k_vel * pv
     return mean, cov
 
 
-def warp(mean_t8: np.ndarray, cov_t88: np.ndarray, affine_2x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def warp(mean_t8: np.ndarray, cov_t43: np.ndarray, affine_2x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Move every track by a global image transform (camera motion), as BoT-SORT's GMC does.
 
     The centre goes through the full transform, the velocity through its
@@ -109,21 +107,19 @@ def warp(mean_t8: np.ndarray, cov_t88: np.ndarray, affine_2x3: np.ndarray) -> tu
     velocity then describes the object's own motion in the new frame.
     """
     if mean_t8.shape[0] == 0:
-        return mean_t8.copy(), cov_t88.copy()
-    m = np.asarray(affine_2x3, dtype=np.float64)[:, :2]
-    t = np.asarray(affine_2x3, dtype=np.float64)[:, 2]
+        return mean_t8.copy(), cov_t43.copy()
+    a = np.asarray(affine_2x3, dtype=np.float64)
+    m, t = a[:, :2], a[:, 2]
     s = float(np.sqrt(abs(np.linalg.det(m))))
     mean = mean_t8.copy()
     mean[:, 0:2] = mean_t8[:, 0:2] @ m.T + t
     mean[:, 4:6] = mean_t8[:, 4:6] @ m.T
     mean[:, 2:4] *= s
     mean[:, 6:8] *= s
-    j = np.zeros((STATE_DIM, STATE_DIM))
-    j[0:2, 0:2] = m
-    j[2:4, 2:4] = np.eye(2) * s
-    j[4:6, 4:6] = m
-    j[6:8, 6:8] = np.eye(2) * s
-    cov = j @ cov_t88 @ j.T
+    cov = cov_t43.copy()
+    m2 = m * m  # variances of the x and y axes mix by the squared coefficients
+    cov[:, 0:2, :] = np.einsum("ij,tjk->tik", m2, cov_t43[:, 0:2, :])
+    cov[:, 2:4, :] *= s * s
     return mean, cov
 
 
@@ -135,5 +131,7 @@ def boxes_xyxy(mean_t8: np.ndarray) -> np.ndarray:
 
 def xyxy_to_cxcywh(boxes_xyxy_n4: np.ndarray) -> np.ndarray:
     b = np.asarray(boxes_xyxy_n4, dtype=np.float64).reshape(-1, 4)
-    return np.stack([(b[:, 0] + b[:, 2]) * 0.5, (b[:, 1] + b[:, 3]) * 0.5,
-                     b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
+    out = np.empty_like(b)
+    out[:, 0:2] = 0.5 * (b[:, 0:2] + b[:, 2:4])
+    out[:, 2:4] = b[:, 2:4] - b[:, 0:2]
+    return out

@@ -55,7 +55,7 @@ from panoptic_ros.panoptic import MAX_TRACK_ID, PanopticResult
 from panoptic_ros.params import TrackerParams, iter_params, validate_value
 from panoptic_ros.tracking import kalman
 from panoptic_ros.tracking.association import (DetectionSet, RegionOverlap, assign, box_gap, box_iou,
-                                               box_region_labels, box_sizes, region_overlap)
+                                               blocked_sides, box_region_labels, box_sizes, region_overlap)
 from panoptic_ros.tracking.camera_motion import CameraMotionEstimator
 from panoptic_ros.tracking.kalman import MotionNoise
 from panoptic_ros.tracking.types import CameraMotion, TrackedFrame, TrackedObject, TrackState
@@ -64,7 +64,7 @@ from panoptic_ros.tracking.types import CameraMotion, TrackedFrame, TrackedObjec
 _MATCHED, _OCCLUDED, _LOST = 0, 1, 2
 _DEFAULT_PERIOD_S = 0.1  # frame period assumed before two good stamps have been seen
 _NUM_CLASS_SLOTS = 256
-_PARTIAL = 0.9  # a detection narrower/shorter than this fraction of the prediction may be cut off
+_PARTIAL = 0.95  # a detection narrower/shorter than this fraction of the prediction may be cut off
 _SIDE_BLOCKED = 0.3  # fraction of another thing's pixels just outside a box side that marks it cut off
 
 
@@ -79,7 +79,7 @@ class _TrackTable:
         "frames_lost": (np.int64, ()), "status": (np.int8, ()), "score": (np.float64, ()),
         "class_id": (np.int64, ()), "det_index": (np.int64, ()), "occluder_key": (np.int64, ()),
         "moves_with_occluder": (bool, ()), "occluder_offset_xy": (np.float64, (2,)),
-        "mean": (np.float64, (8,)), "cov": (np.float64, (8, 8)), "last_obs_xy": (np.float64, (2,)),
+        "mean": (np.float64, (8,)), "cov": (np.float64, (4, 3)), "last_obs_xy": (np.float64, (2,)),
         "ref_xy": (np.float64, (2,)), "vis_box": (np.float64, (4,)),
         "class_votes": (np.float32, (_NUM_CLASS_SLOTS,)), "emb_ok": (bool, ()),
     }
@@ -97,13 +97,13 @@ class _TrackTable:
     def append(self, rows: dict[str, np.ndarray], emb: np.ndarray, mask_rows: list[np.ndarray],
                mask_cols: list[np.ndarray]) -> None:
         n = len(mask_rows)
+        if emb.shape[1] != self.emb.shape[1]:
+            self.set_embedding_dim(emb.shape[1])
         for name, (dtype, tail) in self._ARRAYS.items():
             new = rows.get(name)
             if new is None:
                 new = np.zeros((n, *tail), dtype)
             setattr(self, name, np.concatenate([getattr(self, name), np.asarray(new, dtype).reshape(n, *tail)]))
-        if emb.shape[1] != self.emb.shape[1]:
-            self.set_embedding_dim(emb.shape[1])
         self.emb = np.concatenate([self.emb, emb.astype(np.float32, copy=False)])
         self.mask_rows.extend(mask_rows)
         self.mask_cols.extend(mask_cols)
@@ -392,8 +392,9 @@ class Tracker:
         pred = tb.mean[rows]
         z = kalman.xyxy_to_cxcywh(dets.boxes_xyxy[cols])
         cut = np.flatnonzero((z[:, 2] < _PARTIAL * pred[:, 2]) | (z[:, 3] < _PARTIAL * pred[:, 3]))
-        for k in cut:
-            z[k] = _amodal_measurement(dets.boxes_xyxy[cols[k]], int(cols[k]) + 1, pred[k], dets.instance_map)
+        if cut.size:
+            label_map = dets.label_map_u8 if dets.label_map_u8 is not None else np.ascontiguousarray(dets.instance_map)
+            z[cut] = _amodal_measurements(dets.boxes_xyxy[cols[cut]], cols[cut] + 1, pred[cut], label_map)
         mean, cov = kalman.update(pred, tb.cov[rows], z, self.noise)
         back = np.flatnonzero(tb.frames_since_seen[rows] >= 2)
         if back.size:
@@ -428,8 +429,13 @@ class Tracker:
             e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
             tb.emb[r] = e
             tb.emb_ok[r] = True
+        starts, grid_r, grid_c = dets.grid_starts, dets.grid_rows, dets.grid_cols
         for r, c in zip(rows.tolist(), cols.tolist()):
-            tb.mask_rows[r], tb.mask_cols[r] = dets.grid_pixels(c)
+            a, b = starts[c], starts[c + 1]
+            if b > a:
+                tb.mask_rows[r], tb.mask_cols[r] = grid_r[a:b].copy(), grid_c[a:b].copy()
+            else:
+                tb.mask_rows[r], tb.mask_cols[r] = dets.grid_pixels(c)
 
     def _spawn(self, dets: DetectionSet, det_row: np.ndarray, stamp: float) -> None:
         """Tentative tracks for confident detections nobody claimed."""
@@ -503,6 +509,13 @@ class Tracker:
             area_o = (ob[:, 2] - ob[:, 0]) * (ob[:, 3] - ob[:, 1])
             area_t = (pred[:, 2] - pred[:, 0]) * (pred[:, 3] - pred[:, 1])
             is_occ &= (ob[:, 3] >= pred[:, 3] - 0.1 * (pred[:, 3] - pred[:, 1])) | (area_o >= area_t)
+            # A thing first seen after this track was last seen, sitting right where the track is
+            # predicted, is most likely the same object detected as another class, not an occluder.
+            o_rows = det_row[occ_det]
+            last_seen_frame = self._frame - tb.frames_since_seen[cu]
+            newcomer = (o_rows < 0) | (tb.first_frame[np.maximum(o_rows, 0)] > last_seen_frame)
+            same_place = box_iou(pred, ob).diagonal() >= 0.5
+            is_occ &= ~(newcomer & same_place)
         for i, row in enumerate(cu.tolist()):
             if is_occ[i]:
                 o_row = int(det_row[occ_det[i]])
@@ -586,31 +599,31 @@ class Tracker:
             track_map = cv2.LUT(dets.label_map_u8, lut)
         else:
             track_map = np.take(lut, dets.instance_map)
-        pred_boxes = kalman.boxes_xyxy(tb.mean)
-        occ_rows = tb.rows_of_keys(tb.occluder_key)
-        occ_ids = np.where(occ_rows >= 0, tb.track_id[np.maximum(occ_rows, 0)], 0)
-        objects = []
-        frame, clock = self._frame, self._clock_s
-        for r in shown.tolist():
-            d = int(tb.det_index[r])
-            if d >= 0:
-                state = TrackState.NEW if tb.confirmed_frame[r] == frame else TrackState.TRACKED
-                box = dets.boxes_xyxy[d].copy()
-                centroid = dets.centroid_px[d].copy()
-                area = int(dets.area_px[d])
-                occluder = 0
-            else:
-                state = TrackState.OCCLUDED
-                box = pred_boxes[r].copy()
-                centroid = tb.mean[r, :2].copy()
-                area = 0
-                occluder = int(occ_ids[r])
-            objects.append(TrackedObject(
-                track_id=int(tb.track_id[r]), class_id=int(tb.class_id[r]), score=float(tb.score[r]),
-                state=state, box_xyxy=box, visible_area_px=area, centroid_px=centroid,
-                velocity_px_s=tb.mean[r, 4:6].copy(), age_frames=int(frame - tb.first_frame[r]),
-                age_s=float(clock - tb.first_clock_s[r]), frames_since_seen=int(tb.frames_since_seen[r]),
-                last_seen_s=float(tb.last_seen_stamp_s[r]), occluder_track_id=occluder, detection_index=d))
+        # Gather every field as arrays first, then build the objects from plain lists and row views
+        # (each object gets rows of fresh arrays, never views of the tracker's own state).
+        det = tb.det_index[shown]
+        vis = det >= 0
+        box = kalman.boxes_xyxy(tb.mean[shown])
+        box[vis] = dets.boxes_xyxy[det[vis]]
+        centroid = tb.mean[shown, :2].copy()
+        centroid[vis] = dets.centroid_px[det[vis]]
+        velocity = tb.mean[shown, 4:6].copy()
+        area = np.zeros(shown.size, np.int64)
+        area[vis] = dets.area_px[det[vis]]
+        state = np.where(vis, np.where(tb.confirmed_frame[shown] == self._frame, int(TrackState.NEW),
+                                       int(TrackState.TRACKED)), int(TrackState.OCCLUDED))
+        occ_rows = tb.rows_of_keys(tb.occluder_key[shown])
+        occluder = np.where(~vis & (occ_rows >= 0), tb.track_id[np.maximum(occ_rows, 0)], 0)
+        states = tuple(TrackState)
+        objects = [
+            TrackedObject(track_id=i, class_id=c, score=sc, state=states[st], box_xyxy=box[k], visible_area_px=ar,
+                          centroid_px=centroid[k], velocity_px_s=velocity[k], age_frames=af, age_s=ag,
+                          frames_since_seen=fs, last_seen_s=ls, occluder_track_id=oc, detection_index=d)
+            for k, (i, c, sc, st, ar, af, ag, fs, ls, oc, d) in enumerate(zip(
+                tb.track_id[shown].tolist(), tb.class_id[shown].tolist(), tb.score[shown].tolist(),
+                state.tolist(), area.tolist(), (self._frame - tb.first_frame[shown]).tolist(),
+                (self._clock_s - tb.first_clock_s[shown]).tolist(), tb.frames_since_seen[shown].tolist(),
+                tb.last_seen_stamp_s[shown].tolist(), occluder.tolist(), det.tolist()))]
         return TrackedFrame(stamp_s=stamp, track_map=track_map, objects=objects, dt_s=dt_s, clock_jump=jump,
                             camera_motion=motion, ended_track_ids=ended, num_tracks=len(tb), reset=reset)
 
@@ -640,46 +653,23 @@ class Tracker:
                              f"{', '.join(self._class_table.names)}") from None
 
 
-def _amodal_measurement(box_xyxy: np.ndarray, label: int, pred_t8: np.ndarray, instance_map: np.ndarray) -> np.ndarray:
-    """[cx, cy, w, h] of a partially hidden detection, measured by its free edges.
+def _amodal_measurements(boxes_xyxy: np.ndarray, labels: np.ndarray, pred_t8: np.ndarray,
+                         label_map: np.ndarray) -> np.ndarray:
+    """(K, 4) ``[cx, cy, w, h]`` measurements of detections that may be partially hidden.
 
-    A side is cut off when, just beyond it, another thing's pixels dominate or
-    the image ends. Then the opposite (free) edge plus the predicted size
-    locates the object; with both sides cut, that axis keeps the prediction.
+    On an axis where the visible box is shorter than the prediction and one
+    side is cut off (another thing or the image border just beyond it), the
+    free edge plus the predicted size locates the object; with both sides cut,
+    that axis keeps the prediction. Otherwise the visible box is the measurement.
     """
-    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
-    h_img, w_img = instance_map.shape
-    out = np.array([(x0 + x1) * 0.5, (y0 + y1) * 0.5, x1 - x0, y1 - y0])
-    r0, r1 = max(int(math.floor(y0)), 0), min(int(math.ceil(y1)), h_img)
-    c0, c1 = max(int(math.floor(x0)), 0), min(int(math.ceil(x1)), w_img)
-
-    def blocked(band: np.ndarray, at_border: bool) -> bool:
-        if at_border:
-            return True
-        if band.size == 0:
-            return False
-        other = np.count_nonzero((band != 0) & (band != label))
-        return other >= _SIDE_BLOCKED * band.size
-
+    z = kalman.xyxy_to_cxcywh(boxes_xyxy)
+    blocked = blocked_sides(label_map, boxes_xyxy, labels, _SIDE_BLOCKED)
     for axis in (0, 1):
-        pred_size = float(pred_t8[2 + axis])
-        if out[2 + axis] >= _PARTIAL * pred_size:
-            continue
-        if axis == 0:
-            low = blocked(instance_map[r0:r1, max(c0 - 2, 0):c0], c0 <= 0)
-            high = blocked(instance_map[r0:r1, c1:c1 + 2], c1 >= w_img)
-            lo_edge, hi_edge = x0, x1
-        else:
-            low = blocked(instance_map[max(r0 - 2, 0):r0, c0:c1], r0 <= 0)
-            high = blocked(instance_map[r1:r1 + 2, c0:c1], r1 >= h_img)
-            lo_edge, hi_edge = y0, y1
-        if low and high:
-            out[axis] = pred_t8[axis]
-        elif high:
-            out[axis] = lo_edge + 0.5 * pred_size
-        elif low:
-            out[axis] = hi_edge - 0.5 * pred_size
-        else:
-            continue
-        out[2 + axis] = pred_size
-    return out
+        size = pred_t8[:, 2 + axis]
+        low, high = blocked[:, axis], blocked[:, axis + 2]
+        anchored = (z[:, 2 + axis] < _PARTIAL * size) & (low | high)
+        centre = np.where(low & high, pred_t8[:, axis],
+                          np.where(high, boxes_xyxy[:, axis] + 0.5 * size, boxes_xyxy[:, axis + 2] - 0.5 * size))
+        z[anchored, axis] = centre[anchored]
+        z[anchored, 2 + axis] = size[anchored]
+    return z

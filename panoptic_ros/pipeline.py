@@ -1,0 +1,341 @@
+"""The pipeline: camera frames in, tracked panoptic outputs out; what the node and replay both run.
+
+One :class:`Pipeline` serves every camera of a node with one model: the
+newest frame of each camera goes through the predictor as one batch, then
+each camera's own :class:`~panoptic_ros.tracking.tracker.Tracker` (own id
+counter) turns its panoptic result into tracks. Each output carries the
+lossless panoptic image (``class_id * LABEL_DIVISOR + track_id``), the
+semantic image, the tracked objects with their class names and, when the
+camera's intrinsics and mounting are known, a ground-plane position per
+object, and the time each stage took. The colour overlay is rendered only
+on demand (:meth:`Pipeline.overlay`), because nobody may be looking.
+
+Pure core: no ROS here. Time is the frames' stamps (tracking velocities
+and ages follow the source clock, simulated time included), never the wall
+clock.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from panoptic_ros.camera import CameraIntrinsics, CameraModel, CameraMounting
+from panoptic_ros.classes import ClassTable
+from panoptic_ros.overlay import OverlayLabel, render_overlay
+from panoptic_ros.panoptic import PanopticResult, encode_panoptic
+from panoptic_ros.params import CameraMountParams, ModelParams, NodeParams, TrackerParams
+from panoptic_ros.tracking.tracker import Tracker
+from panoptic_ros.tracking.types import TrackedFrame, TrackedObject, TrackState
+
+DEMO_MODEL_FILE = "demo_lite0_256x512.safetensors"
+PACKAGE_NAME = "panoptic_ros"
+
+
+class PanopticPredictor(Protocol):
+    """What the pipeline needs of a model (``panoptic_ros.model.predictor.Predictor`` is one)."""
+
+    @property
+    def classes(self) -> ClassTable: ...
+
+    def predict(self, frames: Sequence[np.ndarray]) -> list[PanopticResult]: ...
+
+    def with_fusion(self, **changes: float) -> None: ...
+
+
+# --------------------------------------------------------------------------- inputs and outputs
+
+
+@dataclass(frozen=True)
+class CameraFrame:
+    """One camera image ready for the model."""
+
+    camera: str  # a camera name; each name gets its own tracker
+    image_rgb: np.ndarray  # uint8 (H, W, 3)
+    stamp_s: float  # source stamp (header.stamp), seconds; tracking runs on these
+    intrinsics: CameraIntrinsics | None = None  # the CameraInfo matched to this image, if any
+    decode_ms: float = 0.0  # time the caller spent decoding the message, reported with the stage timings
+
+
+@dataclass
+class ObjectEstimate:
+    """A tracked object with what the pipeline adds: its class name and ground position."""
+
+    track: TrackedObject
+    label: str  # class name from the model's class table
+    position_m: np.ndarray | None  # float64 (3,) ground contact point, optical frame, metres; None if unknown
+
+    @property
+    def distance_m(self) -> float | None:
+        return None if self.position_m is None else float(np.linalg.norm(self.position_m))
+
+
+@dataclass
+class StageTimings:
+    """Milliseconds per stage for one frame (batched stages are split evenly over the batch)."""
+
+    decode_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    network_ms: float = 0.0
+    fusion_ms: float = 0.0
+    tracking_ms: float = 0.0
+    encode_ms: float = 0.0
+
+    @property
+    def total_ms(self) -> float:
+        return (self.decode_ms + self.preprocess_ms + self.network_ms + self.fusion_ms + self.tracking_ms
+                + self.encode_ms)
+
+
+@dataclass
+class FrameOutput:
+    """Everything one frame produced. Pixel arrays are at the input image's size."""
+
+    camera: str
+    frame_index: int  # processed frames of this camera before this one
+    stamp_s: float
+    image_rgb: np.ndarray  # the input, kept for the on-demand overlay
+    panoptic: np.ndarray  # int32 (H, W): class_id * LABEL_DIVISOR + track_id (0 for stuff, void, untracked)
+    semantic: np.ndarray  # uint8 (H, W): class ids, VOID (255) where no class
+    objects: list[ObjectEstimate]  # confirmed tracks, NEW / TRACKED / OCCLUDED, by track id
+    tracked: TrackedFrame
+    result: PanopticResult
+    camera_model: CameraModel | None  # the geometry positions came from (None: no positions)
+    timings: StageTimings = field(default_factory=StageTimings)
+
+
+# --------------------------------------------------------------------------- configuration helpers
+
+
+def parse_mount_overrides(entries: Sequence[str]) -> dict[str, CameraMountParams]:
+    """``['rear:1.2:5.0', ...]`` -> {camera: mounting}; ValueError names the bad entry and the format."""
+    out: dict[str, CameraMountParams] = {}
+    for entry in entries:
+        parts = [p.strip() for p in str(entry).split(":")]
+        try:
+            if len(parts) != 3 or not parts[0]:
+                raise ValueError
+            height, pitch = float(parts[1]), float(parts[2])
+        except ValueError:
+            raise ValueError(f"mount.per_camera entry {entry!r} is not 'name:height_m:pitch_deg' "
+                             "(e.g. 'rear:1.2:5.0')") from None
+        if not (math.isfinite(height) and 0.0 <= height <= 100.0):
+            raise ValueError(f"mount.per_camera entry {entry!r}: height must be 0..100 m, got {height}")
+        if not (math.isfinite(pitch) and -89.0 <= pitch <= 89.0):
+            raise ValueError(f"mount.per_camera entry {entry!r}: pitch must be -89..89 deg, got {pitch}")
+        if parts[0] in out:
+            raise ValueError(f"mount.per_camera names camera {parts[0]!r} twice")
+        out[parts[0]] = CameraMountParams(height_m=height, pitch_deg=pitch, per_camera=[])
+    return out
+
+
+def default_model_path() -> Path:
+    """Where the shipped demo model is: ``<checkout>/models/`` or ``<prefix>/share/panoptic_ros/models/``.
+
+    The source checkout wins (a developer's tree); an installed package is
+    found through AMENT_PREFIX_PATH (plain path search, no ROS import). When
+    neither holds the file, the checkout path is returned so the error names
+    a concrete place.
+    """
+    here = Path(__file__).resolve().parents[1] / "models" / DEMO_MODEL_FILE
+    if here.is_file():
+        return here
+    for prefix in filter(None, os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)):
+        candidate = Path(prefix) / "share" / PACKAGE_NAME / "models" / DEMO_MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    return here
+
+
+def resolve_model_path(path: str) -> Path:
+    """``model.path``: empty means the shipped demo model; ``~`` is expanded."""
+    return default_model_path() if not path.strip() else Path(path).expanduser()
+
+
+def load_predictor(model: ModelParams) -> PanopticPredictor:
+    """The predictor ``model.*`` describes; CheckpointError for a missing or bad file, ValueError for a bad device."""
+    from panoptic_ros.model.predictor import FusionSettings, Predictor
+
+    input_size = None
+    if model.input_height or model.input_width:
+        if not (model.input_height and model.input_width):
+            raise ValueError("model.input_height and model.input_width must both be set (multiples of 32) "
+                             f"or both be 0, got {model.input_height}x{model.input_width}")
+        input_size = (model.input_height, model.input_width)
+    return Predictor.from_file(
+        resolve_model_path(model.path), device=model.device, precision=model.precision,
+        fusion=FusionSettings(score_threshold=model.score_threshold, overlap_threshold=model.overlap_threshold,
+                              min_stuff_area=model.min_stuff_area),
+        max_detections=model.max_detections, rpn_post_nms_top_n=model.rpn_post_nms_top_n, input_size=input_size)
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+@dataclass
+class _CameraState:
+    tracker: Tracker
+    frames: int = 0
+    geometry_key: tuple | None = None
+    camera_model: CameraModel | None = None
+
+
+class Pipeline:
+    """Batched inference + per-camera tracking + encoding; one instance per node or replay.
+
+    Not thread-safe: call :meth:`process` and :meth:`set_params` from one thread.
+    """
+
+    def __init__(self, predictor: PanopticPredictor, tracker: TrackerParams | None = None,
+                 mount: CameraMountParams | None = None, max_batch: int = 6) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.predictor = predictor
+        self.max_batch = int(max_batch)
+        self._tracker_params = tracker if tracker is not None else TrackerParams()
+        self._mount = mount if mount is not None else CameraMountParams()
+        self._mount_overrides = parse_mount_overrides(self._mount.per_camera)
+        self._cameras: dict[str, _CameraState] = {}
+        self._names = list(predictor.classes.names)
+
+    @classmethod
+    def from_params(cls, params: NodeParams) -> "Pipeline":
+        """Loads the model named by ``params.model`` (CheckpointError if it cannot be loaded)."""
+        return cls(load_predictor(params.model), tracker=params.tracker, mount=params.mount,
+                   max_batch=params.max_batch)
+
+    @property
+    def classes(self) -> ClassTable:
+        return self.predictor.classes
+
+    @property
+    def cameras(self) -> list[str]:
+        """Cameras seen so far, in order of first appearance."""
+        return list(self._cameras)
+
+    def tracker(self, camera: str) -> Tracker:
+        return self._state(camera).tracker
+
+    def set_params(self, params: NodeParams) -> None:
+        """Apply the run-time (dynamic) parameters: fusion thresholds, tracker thresholds, mountings.
+
+        ValueError (naming the parameter) leaves everything unchanged.
+        """
+        overrides = parse_mount_overrides(params.mount.per_camera)
+        for state in self._cameras.values():
+            state.tracker.set_params(params.tracker)  # validates; identical for every camera
+        self._tracker_params = params.tracker
+        self._mount, self._mount_overrides = params.mount, overrides
+        self.max_batch = params.max_batch
+        m = params.model
+        self.predictor.with_fusion(score_threshold=m.score_threshold, overlap_threshold=m.overlap_threshold,
+                                   min_stuff_area=m.min_stuff_area)
+
+    def mounting(self, camera: str) -> CameraMounting | None:
+        """The camera's mounting from the parameters; None while its height is 0 (unknown)."""
+        m = self._mount_overrides.get(camera, self._mount)
+        if m.height_m <= 0:
+            return None
+        return CameraMounting(height_m=m.height_m, pitch_rad=math.radians(m.pitch_deg))
+
+    def reset(self, camera: str | None = None) -> None:
+        """Forget the tracks of one camera (or all); track ids are still never reused."""
+        for name, state in self._cameras.items():
+            if camera is None or name == camera:
+                state.tracker.reset()
+
+    def process(self, frames: Sequence[CameraFrame]) -> list[FrameOutput]:
+        """Run frames (any cameras, in time order per camera) through the model in batches of max_batch."""
+        outputs: list[FrameOutput] = []
+        for start in range(0, len(frames), self.max_batch):
+            chunk = frames[start:start + self.max_batch]
+            results = self.predictor.predict([f.image_rgb for f in chunk])
+            if len(results) != len(chunk):
+                raise RuntimeError(f"the predictor returned {len(results)} results for {len(chunk)} frames")
+            outputs += [self._finish(f, r) for f, r in zip(chunk, results)]
+        return outputs
+
+    def overlay(self, output: FrameOutput, alpha: float = 0.5, labels: bool = True) -> np.ndarray:
+        """uint8 (H, W, 3) RGB: class colours over the image, object outlines, ``#id label`` tags."""
+        tags = []
+        if labels:
+            for o in output.objects:
+                if o.track.state != TrackState.OCCLUDED:
+                    x, y = o.track.centroid_px
+                    tags.append(OverlayLabel(f"{o.track.track_id} {o.label}", float(x), float(y)))
+        return render_overlay(output.image_rgb, output.semantic, output.tracked.track_map,
+                              self.classes.palette(), alpha, tags)
+
+    # ------------------------------------------------------------------ internals
+
+    def _state(self, camera: str) -> _CameraState:
+        state = self._cameras.get(camera)
+        if state is None:
+            state = _CameraState(Tracker(self._tracker_params, class_table=self.classes))
+            self._cameras[camera] = state
+        return state
+
+    def _camera_model(self, state: _CameraState, frame: CameraFrame) -> CameraModel | None:
+        mounting = self.mounting(frame.camera)
+        if frame.intrinsics is None or mounting is None:
+            return None
+        h, w = frame.image_rgb.shape[:2]
+        key = (frame.intrinsics, mounting, w, h)
+        if key != state.geometry_key:
+            k = frame.intrinsics
+            if (k.width, k.height) != (w, h):
+                k = k.scaled(w, h)  # CameraInfo of the full sensor, image resized upstream
+            state.geometry_key, state.camera_model = key, CameraModel(k, mounting)
+        return state.camera_model
+
+    def _finish(self, frame: CameraFrame, result: PanopticResult) -> FrameOutput:
+        state = self._state(frame.camera)
+        t0 = time.perf_counter()
+        tracked = state.tracker.update(result, frame.stamp_s, frame.image_rgb)
+        t1 = time.perf_counter()
+        panoptic = encode_panoptic(result.class_map, tracked.track_map)
+        camera_model = self._camera_model(state, frame)
+        positions = ground_positions(camera_model, [o.box_xyxy for o in tracked.objects])
+        objects = [ObjectEstimate(o, self._label(o.class_id), p) for o, p in zip(tracked.objects, positions)]
+        t2 = time.perf_counter()
+        tm = result.timings_ms
+        timings = StageTimings(decode_ms=frame.decode_ms, preprocess_ms=tm.get("preprocess", 0.0),
+                               network_ms=tm.get("network", 0.0), fusion_ms=tm.get("fusion", 0.0),
+                               tracking_ms=(t1 - t0) * 1e3, encode_ms=(t2 - t1) * 1e3)
+        out = FrameOutput(camera=frame.camera, frame_index=state.frames, stamp_s=frame.stamp_s,
+                          image_rgb=frame.image_rgb, panoptic=panoptic, semantic=result.class_map, objects=objects,
+                          tracked=tracked, result=result, camera_model=camera_model, timings=timings)
+        state.frames += 1
+        return out
+
+    def _label(self, class_id: int) -> str:
+        return self._names[class_id] if 0 <= class_id < len(self._names) else f"class_{class_id}"
+
+
+def ground_positions(camera: CameraModel | None, boxes_xyxy: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+    """Ground contact point (optical frame, metres) of each box's bottom centre; None where there is none.
+
+    Boxes are in continuous pixel coordinates (origin at the top-left
+    corner of the top-left pixel, x2/y2 the far edges), as the tracker and
+    the predictor give them; the camera model uses CameraInfo's convention
+    (integer coordinates at pixel centres), hence the half-pixel shift. The
+    bottom edge is where a standing object meets the ground; a box whose
+    bottom lies on or above the horizon has no ground point (None).
+    """
+    if camera is None or not len(boxes_xyxy):
+        return [None] * len(boxes_xyxy)
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+    u = (boxes[:, 0] + boxes[:, 2]) / 2.0 - 0.5
+    v = boxes[:, 3] - 0.5
+    points = camera.ground_points(u, v)
+    return [p.copy() if np.all(np.isfinite(p)) and p[2] > 0 else None for p in points]
+
+
+__all__ = ["CameraFrame", "FrameOutput", "ObjectEstimate", "PanopticPredictor", "Pipeline", "StageTimings",
+           "default_model_path", "ground_positions", "load_predictor", "parse_mount_overrides",
+           "resolve_model_path"]
