@@ -58,6 +58,9 @@ class PanopticResult:
     embeddings: np.ndarray  # float32 (N, D), L2-normalised appearance vectors
     semantic_probs: np.ndarray | None = None  # float32 (C, h, w) optional, for evaluation
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # int64 (N,) pixels of each instance in instance_map, when the producer already counted them
+    # (fusion does); None = consumers count them (the tracker then spends a full-image histogram).
+    areas_px: np.ndarray | None = None
 
     @property
     def num_instances(self) -> int:

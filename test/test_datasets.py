@@ -39,10 +39,16 @@ ROAD, SIDEWALK, BUILDING, SKY, PERSON, CAR = 0, 1, 2, 10, 11, 13
 CAMERA = CameraModel(CameraIntrinsics(32, 24, 30.0, 31.0, 15.5, 11.25), CameraMounting(1.5, 0.05))
 
 
+def camera_at(k: int) -> CameraModel:
+    """The camera of frame k: the vehicle's pitch bounces by 0.01 rad a frame."""
+    return CameraModel(CAMERA.intrinsics, CameraMounting(1.5, 0.05 + 0.01 * k))
+
+
 def make_frames(num: int = 3, sequence: str = "seq-a", h: int = 24, w: int = 32,
                 stamp0_ns: int = 1_000_000_000) -> list[PanopticFrame]:
     """Small frames: sky/building/sidewalk/road stuff, a void strip, car 3 driving right 2 px a frame,
-    person 7, a person crowd without track id, and car 12 that is fully hidden (behind car 3) in the last frame."""
+    person 7, a person crowd without track id, and car 12 that is fully hidden (behind car 3) in the last frame.
+    The camera pitch changes from frame to frame (``camera_at``)."""
     frames = []
     yy, xx = np.indices((h, w))
     for k in range(num):
@@ -63,7 +69,8 @@ def make_frames(num: int = 3, sequence: str = "seq-a", h: int = 24, w: int = 32,
             objects.append(ObjectAnnotation(12, CAR, 0, 0.0, (14.0, 19.0, 18.0, 23.0), (-0.1, 1.5, 9.5),
                                             occluder_track_id=3))
         image = np.stack([xx * 7, yy * 10, (xx + yy) * 4 + 20 * k], axis=-1).astype(np.uint8)
-        frames.append(PanopticFrame(image, sem, inst, objects, CAMERA, stamp0_ns + k * 100_000_000, k, sequence))
+        camera = camera_at(k) if (h, w) == (24, 32) else None
+        frames.append(PanopticFrame(image, sem, inst, objects, camera, stamp0_ns + k * 100_000_000, k, sequence))
     return frames
 
 
@@ -87,6 +94,17 @@ def frames() -> list[PanopticFrame]:
 
 
 # --------------------------------------------------------------------------- COCO
+
+def test_segment_id_rgb_encoding() -> None:
+    ids = np.array([[0, 1, 255, 256], [65535, 65536, 26001, 2 ** 24 - 1]])
+    rgb = id_to_rgb(ids)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 4, 3)
+    assert rgb.reshape(-1, 3).tolist() == [[0, 0, 0], [1, 0, 0], [255, 0, 0], [0, 1, 0],
+                                           [255, 255, 0], [0, 0, 1], [145, 101, 0], [255, 255, 255]]
+    np.testing.assert_array_equal(rgb_to_id(rgb), ids)
+    with pytest.raises(DatasetError, match="must lie in 0..16777215"):
+        id_to_rgb(np.array([[2 ** 24]]))
+
 
 def test_coco_round_trip(tmp_path: Path, frames: list[PanopticFrame]) -> None:
     write_coco_panoptic(tmp_path, frames, split="val")
@@ -202,7 +220,7 @@ def test_cityscapes_round_trip(tmp_path: Path, frames: list[PanopticFrame]) -> N
     assert instance_ids.dtype == np.uint16 and instance_ids[15, 7] == 26000
     camera = json.loads((tmp_path / "camera" / "val" / "seq-a" / "seq-a_000000_000001_camera.json").read_text())
     assert camera["intrinsic"] == {"fx": 30.0, "fy": 31.0, "u0": 15.5, "v0": 11.25}
-    assert (camera["extrinsic"]["z"], camera["extrinsic"]["pitch"]) == (1.5, 0.05)
+    assert (camera["extrinsic"]["z"], camera["extrinsic"]["pitch"]) == (1.5, 0.05 + 0.01)
 
 
 def test_cityscapes_objects_are_the_visible_things(tmp_path: Path, frames: list[PanopticFrame]) -> None:
@@ -295,6 +313,7 @@ def test_video_round_trip_is_exact(tmp_path: Path) -> None:
     assert ds.sequences == ["seq-a", "seq/b"] and len(ds) == 5 and ds.classes == CITYSCAPES
     info = ds.sequence_info("seq/b")
     assert (info.directory, info.split, info.fps, info.camera, info.num_frames) == ("seq-b", "train", 10.0, CAMERA, 2)
+    assert [f.camera for f in ds.frames("seq/b")] == [camera_at(0), camera_at(1)]
     back = list(ds)
     for a, b in zip(frames, back, strict=True):
         np.testing.assert_array_equal(b.image, a.image)
@@ -460,3 +479,48 @@ def test_synth_refuses_a_non_empty_output_directory(tmp_path: Path, capsys: pyte
     assert main(["synth", "--out", str(tmp_path / "new"), "--format", "coco", "--compressed"]) == 2
     assert "--storage and --compressed apply to bags" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_synth_writes_every_format_and_a_true_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from panoptic_ros.cli import main
+    from panoptic_ros.synth import SynthConfig, SyntheticSequence
+
+    out = tmp_path / "out"
+    assert main(["synth", "--out", str(out), "--sequences", "2", "--frames", "2", "--size", "48x64", "--seed", "3",
+                 "--format", "all", "--storage", "sqlite3", "--fps", "5"]) == 0
+    config = SynthConfig(height=48, width=64, fps=5.0)
+    sequences = [SyntheticSequence(3 + i, 2, config) for i in range(2)]
+    truth = [s.render(k) for s in sequences for k in range(2)]
+    tracks = {(f.sequence, o.track_id) for f in truth for o in f.objects}
+    visible = sum(o.area_px > 0 for f in truth for o in f.objects)
+    events = sum(len(s.occlusion_events()) for s in sequences)
+    assert capsys.readouterr().out.strip() == (
+        f"wrote 4 frames in 2 sequence(s) as cityscapes, coco, video, rosbag to {out}: {len(tracks)} objects "
+        f"({visible} visible object-frames), {events} occlusion events")
+    assert sorted(p.name for p in out.iterdir()) == ["cityscapes", "coco", "rosbag", "video"]
+    assert sorted(p.name for p in (out / "rosbag").iterdir()) == ["synth_000003", "synth_000004"]
+    assert list((out / "rosbag" / "synth_000003").glob("*.db3"))
+    for name in ("cityscapes", "coco", "video", "rosbag"):
+        ds = open_dataset(out / name)
+        assert ds.sequences == ["synth_000003", "synth_000004"]
+        back = list(ds)
+        assert [(f.sequence, f.frame_index, f.stamp_ns) for f in back] == \
+            [(f.sequence, f.frame_index, f.stamp_ns) for f in truth]
+        for a, b in zip(truth, back, strict=True):
+            np.testing.assert_array_equal(b.semantic, a.semantic)
+            np.testing.assert_array_equal(b.image, a.image)
+            np.testing.assert_array_equal(b.instance > 0, a.instance > 0)
+    video = list(open_dataset(out / "video"))
+    assert all(a.objects == b.objects and a.camera == b.camera for a, b in zip(truth, video, strict=True))
+
+
+def test_synth_contact_sheet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from panoptic_ros.cli import main
+
+    out = tmp_path / "out"
+    assert main(["synth", "--out", str(out), "--frames", "3", "--size", "32x48", "--format", "video",
+                 "--contact-sheet"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"; contact sheet {out / 'contact_sheet.png'}")
+    sheet = read_png(out / "contact_sheet.png")
+    assert sheet.ndim == 3 and sheet.shape[0] > 0 and sorted(p.name for p in out.iterdir()) == \
+        ["contact_sheet.png", "images", "panoptic_maps", "sequences.json"]

@@ -131,10 +131,10 @@ def test_rclpy_deserializes_our_messages(tmp_path: Path, storage: str) -> None:
     with Reader(tmp_path / "bag") as reader:
         types = {"/cam/image": Image, "/cam/camera_info": CameraInfo, "/cam/ground_truth/panoptic": Image,
                  "/cam/ground_truth/objects": PanopticObjectArray, "/cam/ground_truth/class_info": PanopticClassInfo}
-        assert {c.topic for c in reader.connections} == set(types) | {"/tf_static"}
+        assert {c.topic for c in reader.connections} == set(types) | {"/tf"}
         latched = {c.topic for c in reader.connections if any(
             q.durability.name == "TRANSIENT_LOCAL" for q in c.ext.offered_qos_profiles)}
-        assert latched == {"/cam/ground_truth/class_info", "/tf_static"}
+        assert latched == {"/cam/ground_truth/class_info"}
         for conn, _, raw in reader.messages():
             if conn.topic in types:
                 seen.setdefault(conn.topic, []).append(deserialize_message(bytes(raw), types[conn.topic]))
@@ -188,12 +188,26 @@ def test_directory_of_bags_reads_as_sequences(tmp_path: Path) -> None:
     assert [(f.sequence, f.frame_index) for f in ds] == [("alpha", 0), ("alpha", 1), ("beta", 0)]
 
 
-def test_foreign_bag_without_ground_truth(tmp_path: Path) -> None:
-    """A camera driver's bag: bgr8 images on image_raw plus camera_info with other stamps, no tf, no truth."""
+@pytest.mark.parametrize("with_tf_static", [False, True])
+def test_foreign_bag_without_ground_truth(tmp_path: Path, with_tf_static: bool) -> None:
+    """A camera driver's bag: bgr8 images on image_raw, camera_info with other stamps, maybe a static
+    mounting, no ground truth."""
     ts = get_typestore(Stores.ROS2_JAZZY)
     t = ts.types
     image = make_frames(1)[0].image
+    mounting = CameraMounting(1.3, 0.02)
     with Writer(tmp_path / "bag", version=8, storage_plugin=StoragePlugin.SQLITE3) as w:
+        if with_tf_static:
+            qx, qy, qz, qw = quaternion_from_matrix(mounting_rotation(mounting))
+            tf = t["geometry_msgs/msg/TransformStamped"](
+                header=t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=0, nanosec=0),
+                                                frame_id="base_footprint"),
+                child_frame_id="drv", transform=t["geometry_msgs/msg/Transform"](
+                    translation=t["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=1.3),
+                    rotation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw)))
+            st = w.add_connection("/tf_static", "tf2_msgs/msg/TFMessage", typestore=ts)
+            w.write(st, 5_000_000_000, ts.serialize_cdr(t["tf2_msgs/msg/TFMessage"](transforms=[tf]),
+                                                        "tf2_msgs/msg/TFMessage"))
         ci = w.add_connection("/drv/camera_info", "sensor_msgs/msg/CameraInfo", typestore=ts)
         im = w.add_connection("/drv/image_raw", "sensor_msgs/msg/Image", typestore=ts)
         for k in range(2):
@@ -219,7 +233,12 @@ def test_foreign_bag_without_ground_truth(tmp_path: Path) -> None:
     assert [(f.stamp_ns, f.frame_index) for f in frames] == [(5_000_000_000, 0), (5_000_001_000, 1)]
     np.testing.assert_array_equal(frames[1].image, image)
     assert (frames[1].semantic == VOID).all() and (frames[1].instance == 0).all() and frames[1].objects == []
-    assert frames[1].camera is None  # intrinsics, but no base_footprint transform: no mounting
+    if with_tf_static:
+        assert frames[1].camera.intrinsics == CAMERA.intrinsics
+        assert frames[1].camera.mounting.height_m == 1.3
+        assert frames[1].camera.mounting.pitch_rad == pytest.approx(0.02, abs=1e-12)
+    else:
+        assert frames[1].camera is None  # intrinsics, but no base_footprint transform: no mounting
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
@@ -274,7 +293,7 @@ def test_frames_without_camera_write_no_camera_topics(tmp_path: Path) -> None:
     write_rosbag(tmp_path / "bag", frames)
     with Reader(tmp_path / "bag") as reader:
         assert "/camera/camera_info" not in {c.topic for c in reader.connections}
-        assert "/tf_static" not in {c.topic for c in reader.connections}
+        assert "/tf" not in {c.topic for c in reader.connections}
     back = list(RosbagDataset(tmp_path / "bag"))
     assert [f.camera for f in back] == [None, None]
     np.testing.assert_array_equal(back[1].instance, frames[1].instance)

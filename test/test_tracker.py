@@ -18,7 +18,7 @@ import pytest
 from panoptic_ros.classes import CITYSCAPES
 from panoptic_ros.panoptic import PanopticResult, decode_panoptic, encode_panoptic
 from panoptic_ros.params import TrackerParams
-from panoptic_ros.tracking import TrackedFrame, Tracker, TrackState
+from panoptic_ros.tracking import CameraMotionEstimator, TrackedFrame, Tracker, TrackState
 from panoptic_ros.tracking.association import assign, box_iou, region_overlap
 from panoptic_ros.tracking import kalman
 
@@ -164,7 +164,8 @@ def test_occluded_track_riding_with_its_occluder_survives() -> None:
     for f in range(95):
         car_x += 3 if f <= 35 else (6 if f <= 80 else 9)
         bx = -60 + 6 * f
-        scenes.append([Thing("car", CAR, (int(car_x), 60, int(car_x) + 30, 76)), Thing("bus", BUS, (bx, 30, bx + 100, 90))])
+        cx = int(car_x)
+        scenes.append([Thing("car", CAR, (cx, 60, cx + 30, 76)), Thing("bus", BUS, (bx, 30, bx + 100, 90))])
     out = run(Tracker(params(max_lost_frames=5, max_occluded_frames=100)), scenes, (120, 640))
     hidden = [f for f, (_, names) in enumerate(out) if "car" not in names]
     assert hidden[0] > 1 and hidden == list(range(hidden[0], hidden[-1] + 1)) and len(hidden) > 50
@@ -172,6 +173,49 @@ def test_occluded_track_riding_with_its_occluder_survives() -> None:
         assert states(out[f][0]) == {1: (TrackState.OCCLUDED, 2), 2: (TrackState.TRACKED, 0)}, f
     for f in range(hidden[-1] + 1, 95):
         assert by_name(*out[f]) == {"car": (1, TrackState.TRACKED), "bus": (2, TrackState.TRACKED)}, f
+
+
+def test_car_reversing_behind_the_bus_is_reidentified_beside_its_occluder() -> None:
+    """The car turns back while hidden and re-emerges where it went in, 60 px from its prediction."""
+    scenes, x = [], 10
+    for f in range(70):
+        scenes.append([Thing("car", CAR, (x, 60, x + 40, 80)), Thing("bus", BUS, BUS_BOX)])
+        x += 4 if f < 42 else -4
+    out = run(Tracker(params(max_occluded_frames=100)), scenes, (120, 400))
+    hidden = [f for f, (_, names) in enumerate(out) if "car" not in names]
+    assert hidden == list(range(33, 52))
+    car = out[51][0].object_by_id(1)
+    assert car.state == TrackState.OCCLUDED and car.box_xyxy[0] == pytest.approx(214.0, abs=1.0)  # still going right
+    for f in range(52, 70):  # back out on the left: matched by touching the bus, not by the prediction
+        assert by_name(*out[f]) == {"car": (1, TrackState.TRACKED), "bus": (2, TrackState.TRACKED)}, f
+    assert out[69][0].object_by_id(1).velocity_px_s[0] == pytest.approx(-40.0, abs=1.0)
+
+
+def test_reidentification_outranks_a_tentative_track() -> None:
+    """The car's first frame out from behind the bus carries a spoiled embedding, so re-identification
+    fails once and a tentative track starts there; on the next frame the occluded track must win."""
+    e_car, e_bus, e_bad = unit([1, 0, 0, 0]), unit([0, 1, 0, 0]), unit([0, 0, 1, 0])
+    scenes = [[Thing("car", CAR, (10 + 4 * f, 60, 50 + 4 * f, 80), e_bad if f == 58 else e_car),
+               Thing("bus", BUS, BUS_BOX, e_bus)] for f in range(66)]
+    out = run(Tracker(), scenes, (120, 400), emb_dim=4)
+    assert by_name(*out[58]) == {"bus": (2, TrackState.TRACKED)}  # spoiled detection: not the car
+    assert states(out[58][0])[1] == (TrackState.OCCLUDED, 2)
+    for f in range(59, 66):
+        assert by_name(*out[f]) == {"car": (1, TrackState.TRACKED), "bus": (2, TrackState.TRACKED)}, f
+    assert out[65][0].num_tracks == 2 and all(o.track_id in (1, 2) for fr, _ in out for o in fr.objects)
+
+
+def test_a_thing_behind_a_missed_detection_does_not_occlude_it() -> None:
+    """A near car (bottom edge 130) is missed for two frames; the smaller truck behind it (bottom edge
+    90), now fully visible, covers over half of its box, but a farther thing cannot hide a nearer one."""
+    truck, car = Thing("truck", BUS, (92, 30, 148, 90)), Thing("car", CAR, (100, 40, 140, 130))
+    scenes = [[truck] if f in (6, 7) else [truck, car] for f in range(12)]
+    out = run(Tracker(), scenes, (160, 240))
+    assert by_name(*out[5]) == {"truck": (1, TrackState.TRACKED), "car": (2, TrackState.TRACKED)}
+    for f in (6, 7):
+        assert states(out[f][0]) == {1: (TrackState.TRACKED, 0)}, f  # car lost, not occluded by the truck
+    for f in range(8, 12):
+        assert by_name(*out[f]) == {"truck": (1, TrackState.TRACKED), "car": (2, TrackState.TRACKED)}, f
 
 
 # --------------------------------------------------------------------------- (3) exit, vanish, re-entry
@@ -251,10 +295,12 @@ def test_one_frame_false_positive_never_gets_an_id() -> None:
         scenes.append(things)
     out = run(Tracker(), scenes, (100, 200))
     ghost = out[5][1].index("ghost")
-    assert out[5][0].track_map[out[5][0].track_map != 0].tolist() == [1] * int((out[5][0].track_map == 1).sum())
+    assert np.unique(out[5][0].track_map).tolist() == [0, 1]  # the ghost's pixels carry no id
     assert all(o.detection_index != ghost for o in out[5][0].objects)
     assert [sorted(o.track_id for o in fr.objects) for fr, _ in out] == [[]] + [[1]] * 8 + [[1, 2]] * 3
     assert by_name(*out[9]) == {"real": (1, TrackState.TRACKED), "late": (2, TrackState.NEW)}  # dense ids
+    assert out[5][0].track_ids_by_detection(2).tolist() == [1, 0]  # real, ghost
+    assert out[8][0].track_ids_by_detection(2).tolist() == [1, 0]  # real, late (still tentative)
 
 
 # --------------------------------------------------------------------------- (6) camera motion
@@ -301,6 +347,22 @@ def test_camera_motion_compensation_keeps_ids_through_a_fast_pan() -> None:
     for f in range(5, 10):
         assert off[f][0].objects == [], f
         assert off[f][0].camera_motion is None
+
+
+def test_camera_motion_is_expressed_in_the_result_grid_whatever_the_image_size() -> None:
+    """An image twice the map's size panning 24 px per frame is a 12 px shift of the map."""
+    rng = np.random.default_rng(5)
+    texture = np.zeros((240, 800), np.float32)
+    for cell, weight in ((40, 0.5), (12, 0.3), (4, 0.2)):
+        noise = rng.random((240 // cell + 2, 800 // cell + 2)).astype(np.float32)
+        texture += weight * cv2.resize(noise, (800, 240), interpolation=cv2.INTER_CUBIC)[:240, :800]
+    texture = np.clip(texture * 255, 0, 255).astype(np.uint8)
+    est = CameraMotionEstimator(working_width_px=160)
+    assert est.estimate(texture[:, 100:740], (120, 320)) is None  # first frame: nothing to compare with
+    motion = est.estimate(texture[:, 124:764], (120, 320))
+    assert motion is not None and motion.num_inliers >= 10
+    assert motion.affine_2x3[:, :2] == pytest.approx(np.eye(2), abs=0.01)
+    assert motion.translation_px == pytest.approx([-12.0, 0.0], abs=0.3) and motion.scale == pytest.approx(1.0, abs=0.01)
 
 
 # --------------------------------------------------------------------------- (7) velocity
@@ -366,6 +428,20 @@ def test_track_table_is_capped() -> None:
         assert frame.num_tracks == tracker.num_tracks <= 5
 
 
+def test_more_than_255_detections() -> None:
+    """Past the uint8 fast path: 300 small cars on a 4-px lattice keep their ids and pixels."""
+    things = [Thing(f"c{i}", CAR, (8 * (i % 30), 8 * (i // 30), 8 * (i % 30) + 6, 8 * (i // 30) + 6))
+              for i in range(300)]
+    tracker = Tracker(params(max_tracks=400))
+    for f in range(2):
+        result, names = make_result(things, (80, 240))
+        frame = tracker.update(result, f * DT)
+    assert len(frame.objects) == 300 and [o.track_id for o in frame.objects] == list(range(1, 301))
+    assert frame.track_ids_by_detection(300).tolist() == list(range(1, 301))
+    assert np.array_equal(frame.track_map, result.instance_map)  # ids were given in detection order
+    assert [o.visible_area_px for o in frame.objects] == [36] * 300
+
+
 def test_image_size_change_resets_tracks_but_not_ids() -> None:
     tracker = Tracker()
     for f in range(3):
@@ -407,6 +483,43 @@ def test_compatible_classes_may_match_and_others_may_not() -> None:
     assert run_flip(rider, []) == [[], [1], [1], [1], [], [2], [2], [2]]
 
 
+def test_weak_detections_only_extend_existing_tracks() -> None:
+    """ByteTrack's second stage: a tracked car keeps its id through frames where its score drops to
+    0.3; a person seen only at 0.3 never starts a track."""
+    scenes = [[Thing("car", CAR, (20 + 3 * f, 20, 60 + 3 * f, 40), score=0.3 if 4 <= f <= 7 else 0.9),
+               Thing("person", PERSON, (150, 40, 160, 80), score=0.3)] for f in range(10)]
+    out = run(Tracker(), scenes, (100, 200))
+    for f in range(2, 10):
+        assert by_name(*out[f]) == {"car": (1, TrackState.TRACKED)}, f
+    assert out[6][0].objects[0].score == pytest.approx(0.3)
+
+
+def test_mask_memory_is_dropped_with_its_tracks() -> None:
+    tracker = Tracker(params(max_lost_frames=2))
+    for f in range(5):
+        tracker.update(make_result([Thing("o", CAR, (10, 10, 50, 30))], (100, 200))[0], f * DT)
+    assert tracker.num_mask_cells == 50  # one 40x20 box on the 4-px grid: 10 x 5 cells, one frame held
+    for f in range(5, 10):
+        tracker.update(make_result([], (100, 200))[0], f * DT)
+    assert tracker.num_tracks == 0 and tracker.num_mask_cells == 0
+
+
+def test_states_match_the_message_constants() -> None:
+    msg = pytest.importorskip("panoptic_ros.msg")
+    obj = msg.PanopticObject
+    assert (TrackState.NEW, TrackState.TRACKED, TrackState.OCCLUDED) == (
+        obj.STATE_NEW, obj.STATE_TRACKED, obj.STATE_OCCLUDED)
+
+
+def test_set_params_validates_and_keeps_the_old_ones_on_error() -> None:
+    tracker = Tracker()
+    with pytest.raises(ValueError, match="tracker.match_threshold must be <= 1.0"):
+        tracker.set_params(params(match_threshold=1.5))
+    assert tracker.params.match_threshold == TrackerParams().match_threshold
+    tracker.set_params(params(max_lost_frames=3))
+    assert tracker.params.max_lost_frames == 3
+
+
 # --------------------------------------------------------------------------- building blocks
 
 
@@ -420,7 +533,7 @@ def test_association_building_blocks() -> None:
     assert rows.size == 0
     label = np.zeros((4, 5), np.int32)
     label[1:3, 2:4] = 1
-    ov = region_overlap([np.array([0, 0, 1], np.int32)], [np.array([0, 1, 1], np.int32)],
+    ov = region_overlap(np.array([0, 0, 1]), np.array([0, 1, 1]), np.zeros(3, np.int64), 1,
                         np.array([[1, 2]]), label, 1)
     # Shifted cells (1,2), (1,3), (2,3): all on detection 1; mask IoU = 3 / (3 + 4 - 3).
     assert ov.counts.tolist() == [[0, 3]] and ov.mask_iou(np.array([4])).tolist() == [[0.75]]

@@ -4,11 +4,13 @@
 The scene is synthetic: ellipses of random size drift and bounce around the
 image (nearer ones -- lower bottom edge -- cover farther ones, so some are
 partly or wholly hidden), over a multi-scale texture that the camera pans
-across. Results are built once, outside the timing; only
-``Tracker.update`` is timed, over several runs of the sequence with a fresh
-tracker each run. Reported: the median (and p90 / p99) per-frame time
-without camera-motion estimation, with it, and the camera-motion estimator
-alone.
+across. Results are built once, outside the timing, and carry each
+instance's pixel count as fusion hands it on (``PanopticResult.areas_px``);
+only ``Tracker.update`` is timed, over several runs of the sequence with a
+fresh tracker each run. Reported: the median (and p90 / p99) per-frame time
+without camera-motion estimation, with it, without the areas (the tracker
+then histograms the instance map itself), and the camera-motion estimator
+alone. The machine's other load shows in p90 / p99; compare medians.
 
     .venv/bin/python tools/bench_tracker.py                # the 2 ms target setting
     .venv/bin/python tools/bench_tracker.py --objects 100 --json out.json
@@ -118,8 +120,9 @@ def _result(canvas: np.ndarray, classes: np.ndarray, identity: np.ndarray, axes:
     lut = np.concatenate([[ROAD], classes[keep]]).astype(np.uint8)
     class_map[:] = lut[inst]
     scores = rng.uniform(0.55, 0.99, keep.size).astype(np.float32)
+    # Fusion counts each instance's pixels anyway (its overlap test needs them) and hands them on.
     return PanopticResult(class_map=class_map, instance_map=inst, classes=classes[keep].astype(np.int64),
-                          scores=scores, boxes_xyxy=boxes, embeddings=emb)
+                          scores=scores, boxes_xyxy=boxes, embeddings=emb, areas_px=counts[keep].astype(np.int64))
 
 
 def _stats(name: str, times_s: list[float]) -> Timing:
@@ -127,14 +130,16 @@ def _stats(name: str, times_s: list[float]) -> Timing:
     return Timing(name, float(np.median(ms)), float(np.percentile(ms, 90)), float(np.percentile(ms, 99)), ms.size)
 
 
-def time_tracker(frames: list[Frame], repeats: int, params: TrackerParams, with_image: bool) -> list[float]:
+def time_tracker(frames: list[Frame], repeats: int, params: TrackerParams, with_image: bool,
+                 with_areas: bool = True) -> list[float]:
+    results = [fr.result if with_areas else dataclasses.replace(fr.result, areas_px=None) for fr in frames]
     times = []
     for _ in range(repeats):
         tracker = Tracker(params)
-        for fr in frames:
+        for fr, result in zip(frames, results):
             image = fr.image if with_image else None
             t0 = time.perf_counter()
-            tracker.update(fr.result, fr.stamp_s, image)
+            tracker.update(result, fr.stamp_s, image)
             times.append(time.perf_counter() - t0)
     return times
 
@@ -161,17 +166,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--pan", type=float, default=3.0, help="camera pan, px per frame")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cmc-width", type=int, default=None,
+                    help="tracker.camera_motion_width_px (default: the schema's)")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)
     frames = make_sequence(args.frames, args.objects, (args.height, args.width), args.pan, args.seed)
     dets = [fr.result.num_instances for fr in frames]
     base = TrackerParams()
+    if args.cmc_width is not None:
+        base = dataclasses.replace(base, camera_motion_width_px=args.cmc_width)
     # Warm-up (imports, first-call allocations) outside the numbers.
     time_tracker(frames[:5], 1, base, True)
     rows = [
         _stats("update, no camera motion", time_tracker(frames, args.repeats, base, with_image=False)),
         _stats("update, with camera motion", time_tracker(frames, args.repeats, base, with_image=True)),
+        _stats("update, no cmc, areas counted", time_tracker(frames, args.repeats, base, with_image=False,
+                                                             with_areas=False)),
         _stats("camera motion alone", time_camera_motion(frames, args.repeats, base.camera_motion_width_px)),
     ]
     probe = Tracker(base)
@@ -179,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.height}x{args.width}, {args.objects} objects ({min(dets)}-{max(dets)} detected per frame, "
           f"{int(np.median(published))} published), {args.frames} frames x {args.repeats} runs, one core "
           f"(cv2 threads {cv2.getNumThreads()}), {platform.processor() or platform.machine()}")
+    print("(results carry fusion's instance areas unless 'areas counted': then the tracker histograms the map)")
     print(f"{'':30s} {'median':>8s} {'p90':>8s} {'p99':>8s}   (ms per frame)")
     for r in rows:
         print(f"{r.name:30s} {r.median_ms:8.3f} {r.p90_ms:8.3f} {r.p99_ms:8.3f}")

@@ -95,7 +95,7 @@ def cityscapes_categories(classes: ClassTable = CITYSCAPES) -> list[dict]:
 
 @dataclass(frozen=True)
 class CityscapesIds:
-    """One frame in Cityscapes ids: the per-pixel segment map and which segments are crowds."""
+    """One frame in Cityscapes ids: segment and label id maps, and the area and box of every segment."""
 
     segment_ids: np.ndarray  # int64 (H, W): label_id*1000+k for things, label_id for stuff and crowds, 0 void
     label_ids: np.ndarray  # uint8 (H, W): Cityscapes label id, 0 (unlabeled) for void

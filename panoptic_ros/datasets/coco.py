@@ -72,7 +72,8 @@ def id_to_rgb(ids_hw: np.ndarray) -> np.ndarray:
     if ids.size and (ids.min() < 0 or ids.max() > MAX_SEGMENT_ID):
         raise DatasetError(f"segment ids must lie in 0..{MAX_SEGMENT_ID} to fit an RGB PNG, "
                            f"got {int(ids.min())}..{int(ids.max())}")
-    return np.stack([ids % 256, (ids // 256) % 256, (ids // 65536) % 256], axis=-1).astype(np.uint8)
+    # Little-endian bytes of the id are R, G, B (and a zero high byte).
+    return np.ascontiguousarray(ids.astype("<u4").view(np.uint8).reshape(*ids.shape, 4)[..., :3])
 
 
 def read_png(path: str | Path) -> np.ndarray:

@@ -8,8 +8,8 @@ Topics of one camera ``{camera}`` (a ROS name such as ``camera`` or ``front/came
     /{camera}/ground_truth/panoptic      sensor_msgs/msg/Image 32SC1         encode_panoptic(semantic, instance)
     /{camera}/ground_truth/objects       panoptic_ros/msg/PanopticObjectArray
     /{camera}/ground_truth/class_info    panoptic_ros/msg/PanopticClassInfo  once, transient-local
-    /tf_static                           tf2_msgs/msg/TFMessage              once, transient-local:
-                                         base_footprint -> {camera}_optical_frame (the mounting)
+    /tf                                  tf2_msgs/msg/TFMessage              every frame: base_footprint ->
+                                         {camera}_optical_frame (the mounting, which may bounce)
 
 Every message of a frame carries ``header.stamp = frame.stamp_ns`` and
 ``frame_id = {camera}_optical_frame`` (``/`` in the camera name becomes
@@ -35,7 +35,10 @@ topics (``…/image``, ``…/image_raw``, any ``sensor_msgs/Image`` or
 preferred), pairs CameraInfo and ground truth by header stamp (CameraInfo
 falls back to the latest one before the image), and gives frames without
 ground truth an all-void ``semantic``. ``camera`` is set when both CameraInfo
-and a ``base_footprint`` -> optical frame transform exist.
+and a ``base_footprint`` -> optical frame transform (on ``/tf`` at or before the
+frame's stamp, else on ``/tf_static``) exist; the transform may only pitch the
+camera (the model has no roll or yaw), and its height and pitch come back to
+within a few 1e-16 (quaternion round-off).
 
 Images decode through :mod:`panoptic_ros.image_codec` (every ROS colour,
 mono, Bayer and YUV encoding; JPEG and PNG).
@@ -380,8 +383,9 @@ class RosbagWriter:
         t = self.ts.types
         fid = self.topics.frame_id
         if self._count == 0:
-            self._write_once(frame, stamp)
+            self._write_class_info(stamp)
         if frame.camera is not None:
+            self._write_mounting(frame.camera.mounting, stamp)
             k = frame.camera.intrinsics
             info = t["sensor_msgs/msg/CameraInfo"](
                 header=_header(self.ts, stamp, fid), height=k.height, width=k.width, distortion_model="plumb_bob",
@@ -410,7 +414,7 @@ class RosbagWriter:
         self._last_stamp_ns = stamp
         self._count += 1
 
-    def _write_once(self, frame: PanopticFrame, stamp: int) -> None:
+    def _write_class_info(self, stamp: int) -> None:
         t = self.ts.types
         c = self.classes.classes
         info = t["panoptic_ros/msg/PanopticClassInfo"](
@@ -420,16 +424,16 @@ class RosbagWriter:
             colors_rgb=np.array([v for x in c for v in x.color_rgb], dtype=np.uint8), void_class_id=VOID,
             label_divisor=LABEL_DIVISOR, panoptic_encoding=PANOPTIC_ENCODING)
         self._write(self.topics.class_info, "panoptic_ros/msg/PanopticClassInfo", info, stamp, latched=True)
-        if frame.camera is not None:
-            m = frame.camera.mounting
-            qx, qy, qz, qw = quaternion_from_matrix(mounting_rotation(m))
-            tf = t["geometry_msgs/msg/TransformStamped"](
-                header=_header(self.ts, stamp, GROUND_FRAME), child_frame_id=self.topics.frame_id,
-                transform=t["geometry_msgs/msg/Transform"](
-                    translation=t["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=float(m.height_m)),
-                    rotation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw)))
-            self._write("/tf_static", "tf2_msgs/msg/TFMessage", t["tf2_msgs/msg/TFMessage"](transforms=[tf]), stamp,
-                        latched=True)
+
+    def _write_mounting(self, m: CameraMounting, stamp: int) -> None:
+        t = self.ts.types
+        qx, qy, qz, qw = quaternion_from_matrix(mounting_rotation(m))
+        tf = t["geometry_msgs/msg/TransformStamped"](
+            header=_header(self.ts, stamp, GROUND_FRAME), child_frame_id=self.topics.frame_id,
+            transform=t["geometry_msgs/msg/Transform"](
+                translation=t["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=float(m.height_m)),
+                rotation=t["geometry_msgs/msg/Quaternion"](x=qx, y=qy, z=qz, w=qw)))
+        self._write("/tf", "tf2_msgs/msg/TFMessage", t["tf2_msgs/msg/TFMessage"](transforms=[tf]), stamp)
 
     def _objects_msg(self, frame: PanopticFrame) -> Any:
         t = self.ts.types
@@ -699,18 +703,30 @@ class RosbagDataset:
                 yield frame
 
     @staticmethod
-    def _mountings(reader: AnyReader) -> dict[str, CameraMounting | None]:
-        """child frame id -> mounting, from base_footprint transforms on /tf_static (read first: it is latched)."""
-        mountings: dict[str, CameraMounting | None] = {}
-        conns = [c for c in reader.connections if c.topic == "/tf_static" and c.msgtype == "tf2_msgs/msg/TFMessage"]
+    def _mountings(reader: AnyReader) -> dict[str, list[tuple[int, CameraMounting | None]]]:
+        """child frame id -> [(stamp ns, mounting)] ascending, from base_footprint transforms on /tf and
+        /tf_static (static ones at stamp -1: they always apply). Read first: they are small."""
+        found: dict[str, list[tuple[int, CameraMounting | None]]] = {}
+        conns = [c for c in reader.connections if c.topic in ("/tf", "/tf_static")
+                 and c.msgtype == "tf2_msgs/msg/TFMessage"]
         if not conns:
-            return mountings
+            return found
         for conn, _, raw in reader.messages(connections=conns):
             for tf in reader.deserialize(raw, conn.msgtype).transforms:
                 if tf.header.frame_id == GROUND_FRAME:
                     tr, q = tf.transform.translation, tf.transform.rotation
-                    mountings[tf.child_frame_id] = mounting_from_transform((tr.x, tr.y, tr.z), (q.x, q.y, q.z, q.w))
-        return mountings
+                    stamp = -1 if conn.topic == "/tf_static" else _stamp_ns(tf.header)
+                    found.setdefault(tf.child_frame_id, []).append(
+                        (stamp, mounting_from_transform((tr.x, tr.y, tr.z), (q.x, q.y, q.z, q.w))))
+        for entries in found.values():
+            entries.sort(key=lambda e: e[0])
+        return found
+
+    @staticmethod
+    def _mounting_at(entries: list[tuple[int, CameraMounting | None]], stamp_ns: int) -> CameraMounting | None:
+        """The latest mounting at or before ``stamp_ns``."""
+        before = [m for s, m in entries if s <= stamp_ns]
+        return before[-1] if before else None
 
     def _frame(self, p: _Pending, seq: BagSequence, state: dict) -> PanopticFrame | None:
         cam = seq.camera
@@ -731,7 +747,7 @@ class RosbagDataset:
         if info is None and state["info"] is not None and _stamp_ns(state["info"].header) <= p.stamp_ns:
             info = state["info"]
         camera = None
-        mounting = state["tf"].get(img_msg.header.frame_id)
+        mounting = self._mounting_at(state["tf"].get(img_msg.header.frame_id, []), p.stamp_ns)
         if info is not None and mounting is not None:
             try:
                 camera = CameraModel(CameraIntrinsics.from_k(np.asarray(info.k), info.width, info.height), mounting)

@@ -3,7 +3,8 @@
 Layout::
 
     sequences.json                                  classes, and per sequence: fps, camera, per-frame
-                                                    stamps and objects (the complete ground truth)
+                                                    stamps, objects and camera where it differs from the
+                                                    sequence's (the complete ground truth)
     images/{split}/{sequence}/{frame:06d}.png       RGB images
     panoptic_maps/{split}/{sequence}/{frame:06d}.png
         KITTI-STEP encoding: R = semantic train id (255 void), G * 256 + B = track id (0 for stuff
@@ -158,9 +159,9 @@ class VideoPanopticWriter:
                                    "sequence; give sequences names that differ in letters or digits")
             state = _SequenceState(frame.sequence, directory, frame.camera, frame.width, frame.height)
             self._sequences[frame.sequence] = state
-        if frame.camera != state.camera or (frame.width, frame.height) != (state.width, state.height):
-            raise DatasetError(f"frame {frame.frame_index} of {frame.sequence!r} changes the camera or image size; "
-                               "one sequence has one camera")
+        if (frame.width, frame.height) != (state.width, state.height):
+            raise DatasetError(f"frame {frame.frame_index} of {frame.sequence!r} is {frame.width}x{frame.height}, "
+                               f"the sequence {state.width}x{state.height}; one sequence has one image size")
         return state
 
     def add(self, frame: PanopticFrame) -> None:
@@ -172,8 +173,11 @@ class VideoPanopticWriter:
         write_png(self.root / "panoptic_maps" / self.split / state.directory / file_name,
                   encode_step_png(frame.semantic, frame.instance))
         write_png(self.root / "images" / self.split / state.directory / file_name, frame.image)
-        state.frames.append({"frame_index": int(frame.frame_index), "stamp_ns": int(frame.stamp_ns),
-                             "file_name": file_name, "objects": [object_to_json(o) for o in frame.objects]})
+        entry = {"frame_index": int(frame.frame_index), "stamp_ns": int(frame.stamp_ns), "file_name": file_name,
+                 "objects": [object_to_json(o) for o in frame.objects]}
+        if frame.camera != state.camera:  # e.g. the mounting pitch bounces with the vehicle
+            entry["camera"] = None if frame.camera is None else camera_to_json(frame.camera)
+        state.frames.append(entry)
 
     def close(self) -> Path:
         sequences = []
@@ -214,7 +218,7 @@ class VideoSequenceInfo:
     directory: str
     split: str
     fps: float | None
-    camera: CameraModel | None
+    camera: CameraModel | None  # the first frame's; a frame's own (PanopticFrame.camera) may differ
     num_frames: int
 
 
@@ -224,6 +228,7 @@ class _FrameEntry:
     stamp_ns: int
     file_name: str
     objects: tuple[ObjectAnnotation, ...] | None  # None: derive from the masks
+    camera: CameraModel | None
 
 
 class VideoPanopticDataset:
@@ -256,12 +261,13 @@ class VideoPanopticDataset:
                 if split is not None and s["split"] != split:
                     continue
                 name = str(s["name"])
+                camera = camera_from_json(s.get("camera"), f"{where}, {name}")
                 entries = [_FrameEntry(int(f["frame_index"]), int(f["stamp_ns"]), str(f["file_name"]),
-                                       tuple(object_from_json(o, f"{where}, {name}") for o in f["objects"]))
+                                       tuple(object_from_json(o, f"{where}, {name}") for o in f["objects"]),
+                                       camera_from_json(f["camera"], f"{where}, {name}") if "camera" in f else camera)
                            for f in s["frames"]]
                 fps = None if s.get("fps") is None else float(s["fps"])
-                info = VideoSequenceInfo(name, str(s["directory"]), str(s["split"]), fps,
-                                         camera_from_json(s.get("camera"), f"{where}, {name}"), len(entries))
+                info = VideoSequenceInfo(name, str(s["directory"]), str(s["split"]), fps, camera, len(entries))
             except (KeyError, TypeError, ValueError) as exc:
                 raise DatasetError(f"{where}: bad sequence entry ({exc})") from None
             self._info[name] = info
@@ -285,7 +291,7 @@ class VideoPanopticDataset:
             entries = []
             for ordinal, p in enumerate(pngs):
                 index = int(p.stem) if p.stem.isdigit() else ordinal
-                entries.append(_FrameEntry(index, round(index * 1e9 / fps), p.name, None))
+                entries.append(_FrameEntry(index, round(index * 1e9 / fps), p.name, None, None))
             self._info[seq_dir.name] = VideoSequenceInfo(seq_dir.name, seq_dir.name, split, fps, None, len(entries))
             self._frames[seq_dir.name] = entries
 
@@ -321,7 +327,7 @@ class VideoPanopticDataset:
                 raise DatasetError(f"{png_path}: image {image.shape[:2]} and panoptic map {semantic.shape} differ")
             objects = list(e.objects) if e.objects is not None else _objects_from_masks(semantic, instance)
             yield PanopticFrame(image=image, semantic=semantic, instance=instance, objects=objects,
-                                camera=info.camera, stamp_ns=e.stamp_ns, frame_index=e.frame_index,
+                                camera=e.camera, stamp_ns=e.stamp_ns, frame_index=e.frame_index,
                                 sequence=sequence)
 
 

@@ -136,12 +136,14 @@ class Predictor:
                                          mode="nearest")[0, 0].to(torch.int32)
         k = len(fused.keep)
         boxes = masks_to_boxes(instance_map, k)
+        areas = torch.bincount(instance_map.flatten().long(), minlength=k + 1)[1:k + 1]
         keep = fused.keep
         classes = self._thing_lut[det.labels[keep] - 1] if k else torch.zeros(0, dtype=torch.long)
         return PanopticResult(
             class_map=class_map.cpu().numpy(), instance_map=instance_map.cpu().numpy(),
             classes=classes.cpu().numpy().astype(np.int64), scores=det.scores[keep].float().cpu().numpy(),
-            boxes_xyxy=boxes.cpu().numpy(), embeddings=det.embeddings[keep].float().cpu().numpy())
+            boxes_xyxy=boxes.cpu().numpy(), embeddings=det.embeddings[keep].float().cpu().numpy(),
+            areas_px=areas.cpu().numpy().astype(np.int64))
 
 
 def masks_to_boxes(instance_map: torch.Tensor, k: int) -> torch.Tensor:

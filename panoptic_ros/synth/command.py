@@ -94,11 +94,13 @@ class SynthSummary:
     occlusion_events: int
     formats: tuple[str, ...]
     out: Path
+    contact_sheet: Path | None = None
 
     def line(self) -> str:
+        sheet = f"; contact sheet {self.contact_sheet}" if self.contact_sheet is not None else ""
         return (f"wrote {self.frames} frames in {self.sequences} sequence(s) as {', '.join(self.formats)} to "
                 f"{self.out}: {self.objects} objects ({self.visible_object_frames} visible object-frames), "
-                f"{self.occlusion_events} occlusion events")
+                f"{self.occlusion_events} occlusion events{sheet}")
 
 
 class _Writers:
@@ -122,9 +124,9 @@ class _Writers:
 
     def start_sequence(self, name: str) -> None:
         if "rosbag" in self.root_of:
-            from panoptic_ros.datasets.coco import safe_name
             from panoptic_ros.datasets.rosbag_io import RosbagWriter
-            self.bag = RosbagWriter(self.root_of["rosbag"] / safe_name(name), CAMERA_NAME, self.args.storage,
+            directory = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "sequence"
+            self.bag = RosbagWriter(self.root_of["rosbag"] / directory, CAMERA_NAME, self.args.storage,
                                     self.args.compressed)
 
     def add(self, frame: Any) -> None:
@@ -169,6 +171,16 @@ def synthesize(args: argparse.Namespace) -> SynthSummary:
 
     from panoptic_ros.synth import SynthConfig, SyntheticSequence
 
+    write_sheet = None
+    if args.contact_sheet:
+        try:
+            from panoptic_ros.synth.contact_sheet import write_contact_sheet as write_sheet
+        except ModuleNotFoundError as exc:
+            if exc.name != "panoptic_ros.synth.contact_sheet":
+                raise
+            raise ValueError("--contact-sheet needs panoptic_ros.synth.contact_sheet, which this installation "
+                             "lacks; run without --contact-sheet") from None
+
     formats = FORMATS if args.format == "all" else (args.format,)
     root_of = {f: (out / f if args.format == "all" else out) for f in formats}
     height, width = args.size
@@ -198,8 +210,8 @@ def synthesize(args: argparse.Namespace) -> SynthSummary:
             writers.end_sequence()
             events += len(sequence.occlusion_events())
     writers.close()
-    if args.contact_sheet:
-        from panoptic_ros.synth.contact_sheet import write_contact_sheet
-        write_contact_sheet(sheet_frames, out / CONTACT_SHEET_NAME)
-    return SynthSummary(args.sequences, frames_written, len(tracks), visible, events, formats, out)
+    sheet_path = None
+    if write_sheet is not None:
+        sheet_path = Path(write_sheet(sheet_frames, out / CONTACT_SHEET_NAME))
+    return SynthSummary(args.sequences, frames_written, len(tracks), visible, events, formats, out, sheet_path)
 

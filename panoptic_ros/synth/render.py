@@ -1,15 +1,15 @@
 """Rasterising the simulated world into images and exact panoptic labels.
 
-Every polygon is filled once into the image (colour), the semantic map (train id) and
-the instance map (track id, 0 for stuff) with the same integer coordinates, so labels
-are exact and agree with the picture; the image alone gets details (windows, lights),
-grain, blur and noise afterwards. Visibility comes from the same fills: each thing is
-also rasterised alone into a small buffer, which gives its unoccluded pixel count and
-its amodal box.
+Every polygon is filled once into the image (colour) and once into a label map holding
+``class_id << 24 | track_id`` (track 0 for stuff) with the same integer coordinates, so
+labels are exact and agree with the picture; the image alone gets details (windows,
+lights), grain, blur and noise afterwards. Visibility comes from the same fills: each
+thing is also rasterised alone into a small buffer, which gives its unoccluded pixel
+count and its amodal box.
 
 Draw order (painter's algorithm): sky, the ground (coplanar regions, markings), then
 every object (buildings, props, things) in an order from far to near that is exact for
-objects standing on the ground with disjoint footprints: for two footprints separated
+objects standing on the ground with disjoint footprints: of two footprints separated
 along x or z, the one on the camera's side of the separating line is in front.
 """
 from __future__ import annotations
@@ -26,49 +26,121 @@ from panoptic_ros.classes import VOID
 from panoptic_ros.datasets.types import ObjectAnnotation, PanopticFrame
 from panoptic_ros.synth import textures as tx
 from panoptic_ros.synth.textures import rng_for
-from panoptic_ros.synth.world import NEAR_M, SKY, GroundRect, Mesh, SynthConfig, World, build_world
+from panoptic_ros.synth.world import NEAR_M, SKY, Actor, Mesh, SynthConfig, World, build_world, contact_indices
 
 _SHIFT = 4  # sub-pixel bits of cv2 polygon coordinates
 _ONE = 1 << _SHIFT
 _LINE = cv2.LINE_8
-_GROUND_BANDS_M = np.array([-30.0, 4.0, 7.0, 11.0, 16.0, 23.0, 32.0, 45.0, 62.0, 85.0, 115.0, 160.0, 230.0, 330.0,
-                            480.0, 800.0, 3000.0])
+_CLASS_SHIFT = 24  # label map value: class_id << 24 | track_id
+_TRACK_MASK = (1 << _CLASS_SHIFT) - 1
+_GROUND_BANDS_M = np.array([-30.0, 5.0, 9.0, 15.0, 24.0, 38.0, 60.0, 95.0, 150.0, 240.0, 400.0, 800.0, 3000.0])
 
 
 @dataclass(frozen=True)
 class OcclusionEvent:
-    """A visible thing that became fully hidden (0 visible pixels while inside the image) and re-emerged.
+    """A thing that was visible, became fully hidden while inside the image, and re-emerged.
 
-    ``start_frame``..``end_frame`` (inclusive) are the hidden frames; the object is visible
-    in ``start_frame - 1`` and ``end_frame + 1``. ``occluder_track_id`` is the thing that
-    covered it in most hidden frames (0 when stuff did).
+    ``start_frame``..``end_frame`` (inclusive) run from the first to the last frame in which
+    the object has no visible pixel; frames in between show at most slivers (visible
+    fraction below the threshold of :meth:`SyntheticSequence.occlusion_events`). The
+    object is clearly visible in ``start_frame - 1`` (or the frames just before) and again
+    right after the episode. ``occluder_track_id`` is the thing that covered it in most
+    fully hidden frames (0 when stuff did).
     """
 
     track_id: int
     occluder_track_id: int
     start_frame: int
     end_frame: int
-    length: int
+    length: int  # end_frame - start_frame + 1
 
 
 @dataclass
 class _Unit:
-    """One object prepared for drawing in one frame."""
+    """One object prepared for drawing in one frame; its data sits in the frame's arrays at the offsets."""
 
     mesh: Mesh
-    cam: np.ndarray  # (n, 3) vertices in the optical frame
-    uv16: np.ndarray  # (n, 2) int32 pixel coordinates << _SHIFT
-    front: np.ndarray  # (F,) bool, face visible (front-facing)
-    colors: list  # per face RGB list
-    detail_colors: list  # per detail group
-    bb_cam: np.ndarray | None  # (B, 3) billboard centres
-    bb_colors: list
+    v0: int  # first vertex in _FrameGeometry.cam
+    f0: int  # first face
+    d0: int  # first detail group
+    bb: np.ndarray | None  # (B, 3) billboard centres, optical frame
     footprint: tuple[float, float, float, float]
-    depth: float
-    screen: tuple[float, float, float, float]  # u0 v0 u1 v1
     actor: int  # index into world.actors, -1 for stuff
     local: np.ndarray | None  # animated local vertices (actors)
-    small: bool  # too small on screen for details
+    depth: float = 0.0
+    screen: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # u0 v0 u1 v1
+    small: bool = False
+    crosses_near: bool = False
+    bb_colors: list | None = None
+
+
+@dataclass
+class _FrameGeometry:
+    """All faces of all units of one frame, transformed, culled and shaded in a few array operations."""
+
+    cam: np.ndarray  # (V, 3) vertices, optical frame
+    uv16: np.ndarray  # (V, 2) int32 pixel coordinates << _SHIFT
+    face_pad: np.ndarray  # (F, K) frame vertex indices
+    face_pts: np.ndarray  # (F, K, 2) int32 polygon of each face (padded)
+    face_len: list  # (F,) number of real vertices of each face
+    front: np.ndarray  # (F,) bool
+    near_cut: list  # (F,) the face crosses the near plane
+    labels: list  # (F,) class_id << 24 | track_id
+    tracks: list  # (F,)
+    colors: list | None
+    detail_colors: list | None
+
+
+@dataclass
+class _Pack:
+    """The static meshes of a sequence concatenated into flat arrays, sorted by footprint z."""
+
+    meshes: list[Mesh]
+    footprints: list[tuple[float, float, float, float]]
+    z0: np.ndarray
+    z1: np.ndarray
+    cx: np.ndarray  # (U,) centre of each unit's bounding circle on the ground
+    cz: np.ndarray
+    radius: np.ndarray
+    reach: np.ndarray  # (U,) drawn up to this multiple of view_distance_m ahead (small props less far)
+    max_len: float
+    verts: np.ndarray
+    normals: np.ndarray
+    centers: np.ndarray
+    colors: np.ndarray
+    face_pad: np.ndarray  # pack vertex indices
+    labels: np.ndarray
+    face_len: np.ndarray
+    det_parent: np.ndarray  # pack face indices
+    det_color: np.ndarray
+    v_start: np.ndarray  # (U + 1,)
+    f_start: np.ndarray
+    d_start: np.ndarray
+
+    @classmethod
+    def of(cls, world: World) -> "_Pack":
+        meshes = [s.mesh for s in world.statics]
+        fps = [s.footprint for s in world.statics]
+        nv = np.array([0] + [len(m.verts) for m in meshes]).cumsum()
+        nf = np.array([0] + [len(m.faces) for m in meshes]).cumsum()
+        nd = np.array([0] + [len(m.details) for m in meshes]).cumsum()
+        z0 = np.array([f[2] for f in fps])
+        z1 = np.array([f[3] for f in fps])
+        cat = (lambda xs, w: np.concatenate(xs) if xs else np.zeros((0, w)))
+        big = np.array([m.aabb[3] - m.aabb[2] > 10.0 or m.aabb[5] - m.aabb[4] > 10.0 for m in meshes], bool)
+        ab = np.array([m.aabb for m in meshes]).reshape(-1, 6)
+        return cls(
+            meshes, fps, z0, z1, (ab[:, 0] + ab[:, 1]) / 2, (ab[:, 4] + ab[:, 5]) / 2,
+            np.hypot(ab[:, 1] - ab[:, 0], ab[:, 5] - ab[:, 4]) / 2 + 0.1,
+            np.where(big, 1.4, 0.7), float((z1 - z0).max()) if len(fps) else 0.0,
+            cat([m.verts for m in meshes], 3), cat([m.normals for m in meshes], 3),
+            cat([m.centers for m in meshes], 3), cat([m.colors for m in meshes], 3),
+            np.concatenate([m.face_pad + nv[i] for i, m in enumerate(meshes)]).astype(np.int64),
+            np.concatenate([(m.classes << _CLASS_SHIFT) | m.tracks for m in meshes]).astype(np.int64),
+            np.concatenate([_face_lengths(m) for m in meshes]),
+            np.array([d.parent + nf[i] for i, m in enumerate(meshes) for d in m.details], dtype=np.int64),
+            np.array([d.color for m in meshes for d in m.details]).reshape(-1, 3),
+            nv, nf, nd)
 
 
 def _clip_near(poly: np.ndarray) -> np.ndarray:
@@ -128,18 +200,25 @@ class SyntheticSequence:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
             raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}")
+        config = config if config is not None else SynthConfig()
+        if not isinstance(config, SynthConfig):
+            raise TypeError(f"config must be a SynthConfig, got {type(config).__name__}")
         self.seed = int(seed)
         self.num_frames = int(num_frames)
-        self.config = config if config is not None else SynthConfig()
-        if not isinstance(self.config, SynthConfig):
-            raise TypeError(f"config must be a SynthConfig, got {type(self.config).__name__}")
+        self.config = config
         self.world = build_world(self.seed, self.num_frames, self.config)
         self.name = f"synth_{self.seed:06d}"
         self.camera = CameraModel(self.world.intrinsics,
                                   CameraMounting(self.world.camera_height_m, self.world.pitch_rad))
+        self._pack = _Pack.of(self.world)
+        actors = self.world.actors
+        self._poses = np.stack([a.pose for a in actors]) if actors else np.zeros((0, self.num_frames, 3))
+        self._radii = np.array([a.radius_m for a in actors])
+        self._heights = np.array([a.model.mesh.aabb[3] - a.model.mesh.aabb[2] for a in actors])
+        intr = self.world.intrinsics
+        self._tan_half_fov = (intr.width / 2 + 4) / intr.fx
         self._assets: _Assets | None = None
         self._objects: dict[int, list[ObjectAnnotation]] = {}
-        self._events: list[OcclusionEvent] | None = None
 
     def __len__(self) -> int:
         return self.num_frames
@@ -160,11 +239,17 @@ class SyntheticSequence:
             self._objects[k] = self._rasterise(k, draw_image=False)[3]
         return self._objects[k]
 
-    def occlusion_events(self) -> list[OcclusionEvent]:
-        """Every full occlusion with re-emergence, from the rendered visibility of all frames."""
-        if self._events is None:
-            self._events = _find_events([self.objects(k) for k in range(self.num_frames)])
-        return list(self._events)
+    def occlusion_events(self, visible_fraction: float = 0.1) -> list[OcclusionEvent]:
+        """Full occlusions with re-emergence, from the rendered visibility of every frame.
+
+        An episode is a run of frames in which the object is inside the image but shows less
+        than ``visible_fraction`` of itself, with at least one frame of no visible pixel, and
+        with clear visibility (>= ``visible_fraction``) right before and right after it.
+        Slivers that peek out for a frame do not split one occlusion into many.
+        """
+        if not 0.0 < visible_fraction <= 1.0:
+            raise ValueError(f"visible_fraction must lie in (0, 1], got {visible_fraction!r}")
+        return _find_events([self.objects(k) for k in range(self.num_frames)], visible_fraction)
 
     # ------------------------------------------------------------------ internals
     def _check_index(self, k: int) -> int:
@@ -179,21 +264,21 @@ class SyntheticSequence:
         cam, rot, c = world.camera_at(k)
         look = world.look
         exposure = look.exposure_at(k / cfg.fps)
-        sem = np.full((H, W), SKY, np.uint8)
-        inst = np.zeros((H, W), np.int32)
+        lab = np.full((H, W), SKY << _CLASS_SHIFT, np.int32)
         img = None
         if draw_image:
             if self._assets is None:
                 self._assets = _Assets(world)
             img = self._sky(cam, exposure)
-        shade = _Shade(look, exposure, rot)
-        self._draw_ground(cam, rot, c, img, sem, shade)
-        units = self._prepare_units(k, cam, rot, c, shade, draw_image)
-        order = _paint_order(units, c)
+        shade = _Shade(look, exposure)
+        self._draw_ground(cam, rot, c, img, lab, shade)
+        units, geo = self._prepare_units(k, cam, rot, c, shade, draw_image)
         polys: dict[int, list[np.ndarray]] = {}
         k4 = (cam.intrinsics.fx, cam.intrinsics.fy, cam.intrinsics.cx, cam.intrinsics.cy)
-        for i in order:
-            _draw_unit(units[i], img, sem, inst, polys, draw_image, k4)
+        for i in _paint_order(units, c):
+            _draw_unit(units[i], geo, img, lab, polys, draw_image, k4)
+        sem = (lab >> _CLASS_SHIFT).astype(np.uint8)
+        inst = lab & _TRACK_MASK
         objects = self._annotate(k, cam, rot, c, units, polys, sem, inst)
         if draw_image:
             img = self._post(k, img, sem)
@@ -201,23 +286,24 @@ class SyntheticSequence:
 
     def _sky(self, cam: CameraModel, exposure: float) -> np.ndarray:
         a = self._assets
-        H, W = self.config.height, self.config.width
-        hv = cam.horizon_v()
-        start = int(round(a.sky_horizon_row - hv))
+        H = self.config.height
+        start = int(round(a.sky_horizon_row - cam.horizon_v()))
         start = min(max(start, 0), a.sky.shape[0] - H)
         img = a.sky[start:start + H].copy()
         if abs(exposure - 1.0) > 1e-3:
             img = cv2.convertScaleAbs(img, alpha=exposure)
         return img
 
-    def _project16(self, cam: CameraModel, pts_cam: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _project16(cam: CameraModel, pts_cam: np.ndarray) -> np.ndarray:
+        """Optical-frame points -> cv2 fixed-point pixels (points nearer than NEAR_M are pushed to it;
+        faces using them are clipped before drawing)."""
         p = pts_cam.copy()
         p[:, 2] = np.maximum(p[:, 2], NEAR_M)
-        uv = cam.project(p)
-        return np.round(uv * _ONE).astype(np.int32)
+        return np.round(cam.project(p) * _ONE).astype(np.int32)
 
     # ------------------------------------------------------------------ ground
-    def _draw_ground(self, cam, rot, c, img, sem, shade: "_Shade") -> None:
+    def _draw_ground(self, cam, rot, c, img, lab, shade: "_Shade") -> None:
         world = self.world
         cz = c[2]
         bands = cz + _GROUND_BANDS_M
@@ -233,19 +319,17 @@ class SyntheticSequence:
                         quads.append(_ground_quad(g.x0, g.x1, za, zb))
                         meta.append((gi, bi))
         reach = cz + self.config.view_distance_m
-        details = [d for d in world.ground_details if d.z1 > cz - 5.0 and d.z0 < reach]
+        details = [d for d in world.ground_details if d.z1 > cz - 5.0 and d.z0 < reach and (d.label or img is not None)]
         for di, d in enumerate(details):
             quads.append(_ground_quad(d.x0, d.x1, d.z0, d.z1))
             meta.append((-1, di))
         if not quads:
             return
-        q = np.stack(quads)  # (m, 4, 3)
-        qc = (q.reshape(-1, 3) - c) @ rot.T
-        qc = qc.reshape(-1, 4, 3)
+        qc = ((np.stack(quads).reshape(-1, 3) - c) @ rot.T).reshape(-1, 4, 3)
         uv16 = self._project16(cam, qc.reshape(-1, 3)).reshape(-1, 4, 2)
         zmin = qc[:, :, 2].min(axis=1)
         zmax = qc[:, :, 2].max(axis=1)
-        band_mid = (_GROUND_BANDS_M[:-1] + _GROUND_BANDS_M[1:]) / 2
+        band_mid = np.maximum(1.0, (_GROUND_BANDS_M[:-1] + _GROUND_BANDS_M[1:]) / 2)
         for j, (gi, bi) in enumerate(meta):
             if zmax[j] < NEAR_M:
                 continue
@@ -259,105 +343,168 @@ class SyntheticSequence:
             if gi >= 0:
                 g = world.ground[gi]
                 if bi < 0:
-                    cv2.fillConvexPoly(sem, pts, int(g.class_id), _LINE, _SHIFT)
+                    cv2.fillConvexPoly(lab, pts, int(g.class_id) << _CLASS_SHIFT, _LINE, _SHIFT)
                 else:
-                    cv2.fillConvexPoly(img, pts, shade.ground(g.color, max(1.0, band_mid[bi])), _LINE, _SHIFT)
+                    cv2.fillConvexPoly(img, pts, shade.ground(g.color, band_mid[bi]), _LINE, _SHIFT)
             else:
                 d = details[bi]
                 if d.label:
-                    cv2.fillConvexPoly(sem, pts, int(d.class_id), _LINE, _SHIFT)
+                    cv2.fillConvexPoly(lab, pts, int(d.class_id) << _CLASS_SHIFT, _LINE, _SHIFT)
                 if img is not None:
                     dist = max(1.0, float(np.linalg.norm(qc[j].mean(axis=0))))
                     cv2.fillConvexPoly(img, pts, shade.ground(d.color, dist), _LINE, _SHIFT)
 
     # ------------------------------------------------------------------ objects
-    def _prepare_units(self, k, cam, rot, c, shade: "_Shade", draw_image: bool) -> list[_Unit]:
+    def _prepare_units(self, k, cam: CameraModel, rot, c, shade: "_Shade", draw_image: bool
+                       ) -> tuple[list[_Unit], _FrameGeometry]:
         world = self.world
+        pack = self._pack
         cz = c[2]
         reach = self.config.view_distance_m
         H, W = self.config.height, self.config.width
+        fy = cam.intrinsics.fy
+        b_static = -rot @ c
         units: list[_Unit] = []
-        b = -rot @ c
-        # stuff: already in world coordinates
-        for su in world.statics:
-            fx0, fx1, fz0, fz1 = su.footprint
-            if fz1 < cz - 10.0 or fz0 > cz + reach * 1.4:
-                continue
-            u = self._make_unit(su.mesh, rot, b, None, cam, shade, su.footprint, -1, None, draw_image)
-            if u is not None:
-                units.append(u)
-        for ai, a in enumerate(world.actors):
-            x, z, heading = a.pose[k]
-            if z < cz - 20.0 or z > cz + reach:
-                continue
-            mesh = a.model.mesh
+        # static stuff: one contiguous slice of the pack
+        i0 = int(np.searchsorted(pack.z0, cz - 10.0 - pack.max_len))
+        i1 = int(np.searchsorted(pack.z0, cz + reach * 1.4, side="right"))
+        vs, ve = pack.v_start[i0], pack.v_start[i1]
+        fs, fe = pack.f_start[i0], pack.f_start[i1]
+        ds, de = pack.d_start[i0], pack.d_start[i1]
+        verts = [pack.verts[vs:ve] @ rot.T + b_static]
+        n_cam = [pack.normals[fs:fe] @ rot.T]
+        c_cam = [pack.centers[fs:fe] @ rot.T + b_static]
+        n_world = [pack.normals[fs:fe]]
+        base = [pack.colors[fs:fe]]
+        pads = [pack.face_pad[fs:fe] - vs]
+        labels = [pack.labels[fs:fe]]
+        lengths = [pack.face_len[fs:fe]]
+        det_parent = [pack.det_parent[ds:de] - fs]
+        det_base = [pack.det_color[ds:de]]
+        zl = _in_view(pack.cx[i0:i1], pack.cz[i0:i1], pack.radius[i0:i1], c, world.ego[k, 2], self._tan_half_fov,
+                      reach * 1.4)
+        keep = (zl > -1e9) & (pack.z0[i0:i1] <= cz + pack.reach[i0:i1] * reach)
+        for i in (np.flatnonzero(keep) + i0).tolist():
+            mesh = pack.meshes[i]
+            bb = None if mesh.billboards is None else mesh.billboards.centers @ rot.T + b_static
+            units.append(_Unit(mesh, int(pack.v_start[i] - vs), int(pack.f_start[i] - fs), int(pack.d_start[i] - ds),
+                               bb, pack.footprints[i], -1, None))
+        nv, nf, nd = int(ve - vs), int(fe - fs), int(de - ds)
+        # things: one transform per actor
+        poses = self._poses[:, k]
+        zl = _in_view(poses[:, 0], poses[:, 1], self._radii, c, world.ego[k, 2], self._tan_half_fov, reach)
+        near = np.flatnonzero(zl > -1e9)
+        # level of detail from the height on screen: full, fewer faces, or one box
+        h_px = fy * self._heights[near] / np.maximum(zl[near], 0.5)
+        for ai, (x, z, heading), hp in zip(near.tolist(), poses[near].tolist(), h_px.tolist()):
+            a = world.actors[ai]
+            model = a.model
+            mesh = model.mesh
+            if hp < 0.035 * H and model.far is not None:
+                mesh = model.far
+            elif hp < 0.09 * H and model.lod is not None:
+                mesh = model.lod
             r_obj = _rot_y(heading)
-            animated = _animate(mesh, a.phase[k]) if mesh.anims else None
+            if mesh.anims:
+                local, normals, centers = _animate(mesh, a.phase[k])
+            else:
+                local, normals, centers = None, mesh.normals, mesh.centers
             A = rot @ r_obj
-            bb = rot @ (np.array([x, 0.0, z]) - c)
+            b = rot @ (np.array([x, 0.0, z]) - c)
             ax0, ax1, _, _, az0, az1 = mesh.aabb
             corners = np.array([[ax0, 0, az0], [ax1, 0, az0], [ax0, 0, az1], [ax1, 0, az1]]) @ r_obj.T
             fp = (x + corners[:, 0].min(), x + corners[:, 0].max(), z + corners[:, 2].min(), z + corners[:, 2].max())
-            u = self._make_unit(mesh, A, bb, r_obj, cam, shade, fp, ai, animated, draw_image)
-            if u is not None:
-                units.append(u)
-        return units
-
-    def _make_unit(self, mesh: Mesh, A, b, r_obj, cam, shade: "_Shade", footprint, actor: int,
-                   animated: tuple[np.ndarray, np.ndarray, np.ndarray] | None, draw_image: bool) -> _Unit | None:
-        H, W = self.config.height, self.config.width
-        local = None if animated is None else animated[0]
-        verts = mesh.verts if local is None else local
-        pc = verts @ A.T + b
-        z = pc[:, 2]
-        bb_cam = None
-        if mesh.billboards is not None:
-            bb_cam = mesh.billboards.centers @ A.T + b
-        zmax = max(z.max() if len(z) else -1.0, bb_cam[:, 2].max() if bb_cam is not None else -1.0)
-        if zmax < NEAR_M:
-            return None
-        uv16 = self._project16(cam, pc)
-        ok = z >= NEAR_M
-        if ok.all():
-            u0, v0 = uv16.min(axis=0) / _ONE
-            u1, v1 = uv16.max(axis=0) / _ONE
-        else:
-            u0, v0, u1, v1 = -1e9, -1e9, 1e9, 1e9
-        if bb_cam is not None:
-            ok_b = bb_cam[:, 2] >= NEAR_M
-            if ok_b.any():
-                fxp = cam.intrinsics.fx
-                r = mesh.billboards.radii[ok_b] * fxp / bb_cam[ok_b, 2]
-                ub = fxp * bb_cam[ok_b, 0] / bb_cam[ok_b, 2] + cam.intrinsics.cx
-                vb = cam.intrinsics.fy * bb_cam[ok_b, 1] / bb_cam[ok_b, 2] + cam.intrinsics.cy
-                u0, u1 = min(u0, (ub - r).min()), max(u1, (ub + r).max())
-                v0, v1 = min(v0, (vb - r).min()), max(v1, (vb + r).max())
-        if u1 < -1 or v1 < -1 or u0 > W or v0 > H:
-            return None
-        if animated is None:
-            normals, centers = mesh.normals, mesh.centers
-        else:
-            normals, centers = animated[1], animated[2]
-        n_cam = normals @ A.T
-        c_cam = centers @ A.T + b
-        front = np.einsum("ij,ij->i", n_cam, c_cam) < 0
-        colors, detail_colors, bb_colors = [], [], []
-        dist = np.linalg.norm(c_cam, axis=1)
-        if draw_image:
-            n_world = normals if r_obj is None else normals @ r_obj.T
-            cols = shade.faces(mesh.colors, n_world, dist)
-            colors = cols.tolist()
+            pc = (mesh.verts if local is None else local) @ A.T + b
+            units.append(_Unit(mesh, nv, nf, nd, None, fp, ai, local))
+            verts.append(pc)
+            n_cam.append(normals @ A.T)
+            c_cam.append(centers @ A.T + b)
+            n_world.append(normals @ r_obj.T)
+            base.append(mesh.colors)
+            pads.append(mesh.face_pad + nv)
+            labels.append((mesh.classes << _CLASS_SHIFT) | mesh.tracks)
+            lengths.append(_face_lengths(mesh))
             if mesh.details:
-                parents = np.array([d.parent for d in mesh.details])
-                base = np.stack([d.color for d in mesh.details])
-                detail_colors = shade.faces(base, n_world[parents], dist[parents]).tolist()
-            if bb_cam is not None:
-                bb_colors = shade.billboards(mesh.billboards.colors, np.linalg.norm(bb_cam, axis=1)).tolist()
-        fx0, fx1, fz0, fz1 = footprint
-        depth = float(np.linalg.norm(c_cam.mean(axis=0))) if len(c_cam) else float(np.linalg.norm(bb_cam.mean(0)))
-        small = (u1 - u0) < 6 and (v1 - v0) < 6
-        return _Unit(mesh, pc, uv16, front, colors, detail_colors, bb_cam, bb_colors, footprint, depth,
-                     (u0, v0, u1, v1), actor, local, small)
+                det_parent.append(np.array([d.parent for d in mesh.details]) + nf)
+                det_base.append(np.stack([d.color for d in mesh.details]))
+            nv += len(pc)
+            nf += len(mesh.faces)
+            nd += len(mesh.details)
+        V = np.concatenate(verts)
+        C = np.concatenate(c_cam)
+        N = np.concatenate(n_cam)
+        pad = np.concatenate(pads)
+        front = np.einsum("ij,ij->i", N, C) < 0
+        z = V[:, 2]
+        near_cut = z[pad].min(axis=1) < NEAR_M if len(pad) else np.zeros(0, bool)
+        uv16 = self._project16(cam, V) if len(V) else np.zeros((0, 2), np.int32)
+        colors = detail_colors = None
+        if draw_image and len(C):
+            dist = np.sqrt(np.einsum("ij,ij->i", C, C))
+            NW = np.concatenate(n_world)
+            colors = shade.faces(np.concatenate(base), NW, dist).tolist()
+            par = np.concatenate(det_parent)
+            if len(par):
+                detail_colors = shade.faces(np.concatenate(det_base), NW[par], dist[par]).tolist()
+        lab_all = np.concatenate(labels)
+        geo = _FrameGeometry(V, uv16, pad, uv16[pad], np.concatenate(lengths).tolist(), front, near_cut.tolist(),
+                             lab_all.tolist(), (lab_all & _TRACK_MASK).tolist(), colors, detail_colors)
+        if not units:
+            return [], geo
+        # per-unit screen boxes, depth and near-plane crossing, by segment reductions
+        kept: list[_Unit] = []
+        vstarts = np.array([u.v0 for u in units])
+        fstarts = np.array([u.f0 for u in units])
+        has_v = np.diff(np.append(vstarts, len(V))) > 0
+        counts = np.diff(np.append(fstarts, len(C)))
+        safe_v = np.minimum(vstarts, max(len(V) - 1, 0))
+        safe_f = np.minimum(fstarts, max(len(C) - 1, 0))
+        if len(V):
+            uvf = uv16 / _ONE
+            lo = np.minimum.reduceat(uvf, safe_v, axis=0)
+            hi = np.maximum.reduceat(uvf, safe_v, axis=0)
+            zmin = np.minimum.reduceat(z, safe_v)
+            zmax = np.maximum.reduceat(z, safe_v)
+            depth = np.linalg.norm(np.add.reduceat(C, safe_f, axis=0) / np.maximum(counts, 1)[:, None], axis=1)
+        intr = cam.intrinsics
+        if len(V):
+            lo_l, hi_l, zmin_l, zmax_l, depth_l = lo.tolist(), hi.tolist(), zmin.tolist(), zmax.tolist(), depth.tolist()
+        has_l = has_v.tolist()
+        for i, u in enumerate(units):
+            if has_l[i]:
+                u0, v0 = lo_l[i]
+                u1, v1 = hi_l[i]
+                crosses = zmin_l[i] < NEAR_M
+                top_z = zmax_l[i]
+                dep = depth_l[i]
+            else:
+                u0 = v0 = 1e9
+                u1 = v1 = -1e9
+                crosses, top_z, dep = False, -1.0, 0.0
+            if crosses:
+                u0, v0, u1, v1 = -1e9, -1e9, 1e9, 1e9
+            if u.bb is not None:
+                bz = u.bb[:, 2]
+                ok = bz >= NEAR_M
+                top_z = max(top_z, float(bz.max()))
+                if ok.any():
+                    rr = u.mesh.billboards.radii[ok] * intr.fx / bz[ok]
+                    ub = intr.fx * u.bb[ok, 0] / bz[ok] + intr.cx
+                    vb = intr.fy * u.bb[ok, 1] / bz[ok] + intr.cy
+                    u0, u1 = min(u0, float((ub - rr).min())), max(u1, float((ub + rr).max()))
+                    v0, v1 = min(v0, float((vb - rr).min())), max(v1, float((vb + rr).max()))
+                    if not has_v[i]:
+                        dep = float(np.linalg.norm(u.bb.mean(axis=0)))
+                if draw_image:
+                    u.bb_colors = shade.billboards(u.mesh.billboards.colors, np.linalg.norm(u.bb, axis=1)).tolist()
+            if top_z < NEAR_M or u1 < -1 or v1 < -1 or u0 > W or v0 > H:
+                continue
+            u.screen = (float(u0), float(v0), float(u1), float(v1))
+            u.depth = dep
+            u.crosses_near = crosses
+            u.small = (u1 - u0) < 16 and (v1 - v0) < 16
+            kept.append(u)
+        return kept, geo
 
     # ------------------------------------------------------------------ annotations
     def _annotate(self, k, cam: CameraModel, rot, c, units: list[_Unit], polys: dict[int, list[np.ndarray]],
@@ -377,7 +524,7 @@ class SyntheticSequence:
             allp = np.concatenate(plist)
             lo = allp.min(axis=0) // _ONE - 1
             hi = allp.max(axis=0) // _ONE + 2
-            # full (unclipped) silhouette area decides whether the thing is big enough to be labelled
+            # the whole (unclipped) silhouette decides whether the thing is big enough to be labelled
             full_w, full_h = int(hi[0] - lo[0]), int(hi[1] - lo[1])
             tiny = False
             if full_w * full_h < 4 * min_area:
@@ -391,11 +538,11 @@ class SyntheticSequence:
             if x1 <= x0 or y1 <= y0:
                 continue
             sub_inst = inst[y0:y1, x0:x1]
+            mine = sub_inst == tid
             if tiny:
-                m = sub_inst == tid
-                if m.any():
-                    sem[y0:y1, x0:x1][m] = VOID
-                    sub_inst[m] = 0
+                if mine.any():
+                    sem[y0:y1, x0:x1][mine] = VOID
+                    sub_inst[mine] = 0
                 continue
             alone = np.zeros((y1 - y0, x1 - x0), np.uint8)
             off = np.array([x0 * _ONE, y0 * _ONE], np.int32)
@@ -404,7 +551,6 @@ class SyntheticSequence:
             alone_px = int(cv2.countNonZero(alone))
             if alone_px == 0:
                 continue
-            mine = sub_inst == tid
             area = int(np.count_nonzero(mine))
             rows = np.flatnonzero(alone.any(axis=1))
             cols = np.flatnonzero(alone.any(axis=0))
@@ -444,10 +590,11 @@ class SyntheticSequence:
             img = cv2.add(img, a.rain[ry:ry + H, rx:rx + W])
         r = rng.random()
         scale = W / 1024.0
-        if r < self.world.look.blur_probability * 0.6:  # motion blur, mostly horizontal
+        blur_p = self.world.look.blur_probability
+        if r < blur_p * 0.6:  # motion blur, mostly horizontal
             n = max(3, int(rng.uniform(4, 12) * scale) | 1)
             img = cv2.blur(img, (n, max(1, n // 4)))
-        elif r < self.world.look.blur_probability:  # defocus
+        elif r < blur_p:  # defocus
             img = cv2.GaussianBlur(img, (0, 0), rng.uniform(1.2, 2.5) * scale)
         else:
             img = cv2.GaussianBlur(img, (3, 3), 0.6)
@@ -460,12 +607,13 @@ class SyntheticSequence:
 class _Shade:
     """Lighting, colour temperature, exposure and haze applied to flat face colours."""
 
-    def __init__(self, look: tx.SceneLook, exposure: float, rot: np.ndarray) -> None:
+    def __init__(self, look: tx.SceneLook, exposure: float) -> None:
         self.look = look
         self.gain = np.asarray(look.tint) * exposure
         self.sun = np.asarray(look.sun_dir)
         self.fog = np.asarray(look.fog_rgb) * exposure
         self.fog_d = look.fog_distance_m
+        self.ground_lam = look.ambient + look.diffuse * max(0.0, -look.sun_dir[1])
 
     def faces(self, base: np.ndarray, n_world: np.ndarray, dist: np.ndarray) -> np.ndarray:
         lam = self.look.ambient + self.look.diffuse * np.clip(n_world @ self.sun, 0.0, 1.0)
@@ -481,11 +629,22 @@ class _Shade:
         return np.clip(col, 0.0, 255.0)
 
     def ground(self, base, dist: float) -> tuple[float, float, float]:
-        lam = self.look.ambient + self.look.diffuse * max(0.0, -self.sun[1])
         f = 1.0 - math.exp(-dist / self.fog_d)
-        col = np.asarray(base) * lam * self.gain * (1.0 - f) + self.fog * f
-        col = np.clip(col, 0.0, 255.0)
+        col = np.clip(np.asarray(base) * self.ground_lam * self.gain * (1.0 - f) + self.fog * f, 0.0, 255.0)
         return (float(col[0]), float(col[1]), float(col[2]))
+
+
+def _in_view(x: np.ndarray, z: np.ndarray, radius: np.ndarray, c: np.ndarray, yaw: float, tan_half_fov: float,
+             reach: float) -> np.ndarray:
+    """Forward (level-frame) distance of ground circles that may be in the horizontal field of view,
+    -inf for those that cannot."""
+    dx, dz = x - c[0], z - c[2]
+    cs, sn = math.cos(yaw), math.sin(yaw)
+    xl = cs * dx - sn * dz
+    zl = sn * dx + cs * dz
+    slack = radius * math.sqrt(1.0 + tan_half_fov ** 2)
+    ok = (zl > NEAR_M - radius) & (zl < reach + radius) & (np.abs(xl) <= zl * tan_half_fov + slack)
+    return np.where(ok, zl, -np.inf)
 
 
 def _ground_quad(x0: float, x1: float, z0: float, z1: float) -> np.ndarray:
@@ -528,7 +687,7 @@ def _paint_order(units: list[_Unit], c: np.ndarray) -> list[int]:
                | (i_near & (cz >= z0[None, :])) | (i_far & (cz <= z1[None, :])))
     separated = i_left | i_right | i_near | i_far
     front = np.where(separated, i_front & ~j_front, depth[:, None] < depth[None, :])
-    before = (front.T & overlap)  # before[a, b]: a must be drawn before b (b in front of a)
+    before = front.T & overlap  # before[a, b]: a must be drawn before b (b in front of a)
     remaining = np.ones(n, bool)
     order: list[int] = []
     while remaining.any():
@@ -545,54 +704,55 @@ def _paint_order(units: list[_Unit], c: np.ndarray) -> list[int]:
     return order
 
 
-def _draw_unit(u: _Unit, img, sem, inst, polys: dict[int, list[np.ndarray]], draw_image: bool,
-               k4: tuple[float, float, float, float]) -> None:
+def _draw_unit(u: _Unit, geo: _FrameGeometry, img, lab, polys: dict[int, list[np.ndarray]],
+               draw_image: bool, k4: tuple[float, float, float, float]) -> None:
     mesh = u.mesh
-    z = u.cam[:, 2]
-    details_by_parent = mesh_details_by_parent(mesh)
-    for fi in np.flatnonzero(u.front):
-        idx = mesh.faces[fi]
-        if z[idx].min() < NEAR_M:
-            poly = _clip_near(u.cam[idx])
+    details_by_parent = _details_by_parent(mesh) if draw_image and not u.small else {}
+    f0 = u.f0
+    front = np.flatnonzero(geo.front[f0:f0 + len(mesh.faces)])
+    face_pts, face_len, near_cut = geo.face_pts, geo.face_len, geo.near_cut
+    labels, tracks, colors = geo.labels, geo.tracks, geo.colors
+    fill = cv2.fillConvexPoly
+    for fl in front.tolist():
+        g = f0 + fl
+        if near_cut[g]:
+            poly = _clip_near(geo.cam[geo.face_pad[g]])
             if len(poly) < 3:
                 continue
             pts = _project_clipped(poly, k4)
         else:
-            pts = u.uv16[idx]
-        cls = int(mesh.classes[fi])
-        tid = int(mesh.tracks[fi])
+            pts = face_pts[g, :face_len[g]]
         if draw_image:
-            cv2.fillConvexPoly(img, pts, u.colors[fi], _LINE, _SHIFT)
-        cv2.fillConvexPoly(sem, pts, cls, _LINE, _SHIFT)
-        cv2.fillConvexPoly(inst, pts, tid, _LINE, _SHIFT)
+            fill(img, pts, colors[g], _LINE, _SHIFT)
+        fill(lab, pts, labels[g], _LINE, _SHIFT)
+        tid = tracks[g]
         if tid:
             polys.setdefault(tid, []).append(pts)
-        if draw_image and not u.small and fi in details_by_parent:
-            for gi in details_by_parent[fi]:
-                g = mesh.details[gi]
-                if z[g.vidx].min() < NEAR_M:
-                    keep = z[g.vidx].min(axis=1) >= NEAR_M
+        if fl in details_by_parent:
+            for gi in details_by_parent[fl]:
+                vidx = mesh.details[gi].vidx + u.v0
+                if u.crosses_near:
+                    keep = geo.cam[vidx, 2].min(axis=1) >= NEAR_M
                     if not keep.any():
                         continue
-                    cv2.fillPoly(img, u.uv16[g.vidx[keep]], u.detail_colors[gi], _LINE, _SHIFT)
-                else:
-                    cv2.fillPoly(img, u.uv16[g.vidx], u.detail_colors[gi], _LINE, _SHIFT)
+                    vidx = vidx[keep]
+                cv2.fillPoly(img, geo.uv16[vidx], geo.detail_colors[u.d0 + gi], _LINE, _SHIFT)
     bbx = mesh.billboards
-    if bbx is not None and u.bb_cam is not None:
-        cz = u.bb_cam[:, 2]
+    if bbx is not None and u.bb is not None:
+        cz = u.bb[:, 2]
         fx, fy, cxp, cyp = k4
+        value = int(bbx.class_id) << _CLASS_SHIFT
         for i in np.argsort(-cz):
             if cz[i] < NEAR_M + bbx.radii[i] * 0.2:
                 continue
             r = bbx.radii[i]
-            uc = fx * u.bb_cam[i, 0] / cz[i] + cxp
-            vc = fy * u.bb_cam[i, 1] / cz[i] + cyp
+            uc = fx * u.bb[i, 0] / cz[i] + cxp
+            vc = fy * u.bb[i, 1] / cz[i] + cyp
             pts = np.round((np.stack([uc + bbx.shapes[i][:, 0] * fx * r / cz[i],
                                       vc + bbx.shapes[i][:, 1] * fy * r / cz[i]], 1)) * _ONE).astype(np.int32)
             if draw_image:
                 cv2.fillPoly(img, [pts], u.bb_colors[i], _LINE, _SHIFT)
-            cv2.fillPoly(sem, [pts], int(bbx.class_id), _LINE, _SHIFT)
-            cv2.fillPoly(inst, [pts], 0, _LINE, _SHIFT)
+            cv2.fillPoly(lab, [pts], value, _LINE, _SHIFT)
 
 
 def _project_clipped(poly: np.ndarray, k4: tuple[float, float, float, float]) -> np.ndarray:
@@ -602,7 +762,15 @@ def _project_clipped(poly: np.ndarray, k4: tuple[float, float, float, float]) ->
     return np.round(uv * _ONE).astype(np.int32)
 
 
-def mesh_details_by_parent(mesh: Mesh) -> dict[int, list[int]]:
+def _face_lengths(mesh: Mesh) -> np.ndarray:
+    cached = getattr(mesh, "_face_lengths", None)
+    if cached is None:
+        cached = np.array([len(f) for f in mesh.faces], dtype=np.int64)
+        mesh._face_lengths = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def _details_by_parent(mesh: Mesh) -> dict[int, list[int]]:
     cached = getattr(mesh, "_details_by_parent", None)
     if cached is None:
         cached = {}
@@ -612,43 +780,48 @@ def mesh_details_by_parent(mesh: Mesh) -> dict[int, list[int]]:
     return cached
 
 
-def _contact_point(a, u: _Unit, tid: int, r_level: np.ndarray, rot: np.ndarray, c: np.ndarray, k: int
+def _contact_point(a: Actor, u: _Unit, tid: int, r_level: np.ndarray, rot: np.ndarray, c: np.ndarray, k: int
                    ) -> tuple[float, float, float]:
-    """Bottom-centre ground contact point in the optical frame: the nearest ground-touching vertices."""
-    idx = a.contact_idx[tid]
-    local = a.model.mesh.verts if u.local is None else u.local
+    """Bottom-centre ground contact point in the optical frame: the ground-touching vertices nearest
+    to the camera (smallest forward distance), averaged. For a rider, those of its vehicle."""
+    idx = contact_indices(u.mesh, tid)
+    local = u.mesh.verts if u.local is None else u.local
     p = local[idx].copy()
     p[:, 1] = 0.0
     x, z, heading = a.pose[k]
     world_pts = p @ _rot_y(heading).T + np.array([x, 0.0, z])
     cam_pts = (world_pts - c) @ rot.T
-    level_z = (cam_pts @ r_level)[:, 2]  # r_level maps level->optical; its transpose maps back
-    near = cam_pts[level_z <= level_z.min() + 0.05]
-    m = near.mean(axis=0)
+    level_z = (cam_pts @ r_level)[:, 2]  # rows @ R == (R.T @ p) per row: optical -> level
+    m = cam_pts[level_z <= level_z.min() + 0.05].mean(axis=0)
     return (float(m[0]), float(m[1]), float(m[2]))
 
 
-def _find_events(frames: list[list[ObjectAnnotation]]) -> list[OcclusionEvent]:
-    """Runs of frames where a listed object has no visible pixel, bounded by visible frames."""
+def _find_events(frames: list[list[ObjectAnnotation]], threshold: float) -> list[OcclusionEvent]:
+    """Occlusion episodes (see SyntheticSequence.occlusion_events) from per-frame annotations."""
     n = len(frames)
-    per_track: dict[int, dict[int, tuple[int, int]]] = {}
+    per_track: dict[int, dict[int, ObjectAnnotation]] = {}
     for k, objs in enumerate(frames):
         for o in objs:
-            per_track.setdefault(o.track_id, {})[k] = (o.area_px, o.occluder_track_id)
+            per_track.setdefault(o.track_id, {})[k] = o
     events: list[OcclusionEvent] = []
     for tid, seen in per_track.items():
         k = 0
         while k < n:
-            if k in seen and seen[k][0] == 0 and (k - 1) in seen and seen[k - 1][0] > 0:
+            before = seen.get(k - 1)
+            if k in seen and seen[k].visible_fraction < threshold and before is not None \
+                    and before.visible_fraction >= threshold:
                 e = k
-                occ: dict[int, int] = {}
-                while e in seen and seen[e][0] == 0:
-                    occ[seen[e][1]] = occ.get(seen[e][1], 0) + 1
+                while e in seen and seen[e].visible_fraction < threshold:
                     e += 1
-                if e in seen and seen[e][0] > 0:
+                after = seen.get(e)
+                hidden = [j for j in range(k, e) if seen[j].area_px == 0]
+                if after is not None and after.visible_fraction >= threshold and hidden:
+                    occ: dict[int, int] = {}
+                    for j in hidden:
+                        occ[seen[j].occluder_track_id] = occ.get(seen[j].occluder_track_id, 0) + 1
                     best = max(sorted(occ), key=lambda t: occ[t])
-                    events.append(OcclusionEvent(tid, best, k, e - 1, e - k))
-                k = e
+                    events.append(OcclusionEvent(tid, best, hidden[0], hidden[-1], hidden[-1] - hidden[0] + 1))
+                k = max(e, k + 1)
             else:
                 k += 1
     events.sort(key=lambda ev: (ev.start_frame, ev.track_id))

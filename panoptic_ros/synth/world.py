@@ -33,6 +33,7 @@ ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, S
 PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = range(11, 19)
 
 NEAR_M = 0.25  # near clipping plane of the renderer
+FACE_PAD = 10  # most vertices of one face (Mesh.face_pad width)
 
 
 def _range_field(lo: float, hi: float):
@@ -236,15 +237,16 @@ class MeshBuilder:
         ids = self.part(v, [polys[k] for k in keys], color, cls, track, fc)
         return dict(zip(keys, ids))
 
-    def prism_x(self, profile_zh, x0, x1, color, cls, track, face_colors: dict[int, object] | None = None
-                ) -> list[int]:
-        """Extrude a convex (z, h) outline along x; faces: cap at x0, cap at x1, then the sides."""
+    def prism_x(self, profile_zh, x0, x1, color, cls, track, face_colors: dict[int, object] | None = None,
+                skip_sides: frozenset[int] = frozenset()) -> list[int]:
+        """Extrude a convex (z, h) outline along x; faces: cap at x0, cap at x1, then the sides
+        (side i joins outline points i and i+1; ``skip_sides`` leaves hidden ones out)."""
         p = np.asarray(profile_zh, dtype=np.float64)
         k = len(p)
         v = np.concatenate([np.stack([np.full(k, x0), -p[:, 1], p[:, 0]], 1),
                             np.stack([np.full(k, x1), -p[:, 1], p[:, 0]], 1)])
         polys = [list(range(k)), list(range(k, 2 * k))]
-        polys += [[i, (i + 1) % k, k + (i + 1) % k, k + i] for i in range(k)]
+        polys += [[i, (i + 1) % k, k + (i + 1) % k, k + i] for i in range(k) if i not in skip_sides]
         return self.part(v, polys, color, cls, track, face_colors)
 
     def prism_z(self, profile_xh, z0, z1, color, cls, track, face_colors: dict[int, object] | None = None
@@ -257,6 +259,22 @@ class MeshBuilder:
         polys = [list(range(k)), list(range(k, 2 * k))]
         polys += [[i, (i + 1) % k, k + (i + 1) % k, k + i] for i in range(k)]
         return self.part(v, polys, color, cls, track, face_colors)
+
+    def card_x(self, profile_zh, x, color, cls, track) -> list[int]:
+        """A flat convex (z, h) polygon in the plane X = x, visible from both sides (two faces)."""
+        p = np.asarray(profile_zh, dtype=np.float64)
+        v = np.stack([np.full(len(p), x), -p[:, 1], p[:, 0]], 1)
+        ids = []
+        for sign in (1.0, -1.0):  # each face gets its own normal, one per side
+            start = self._add_verts(v)
+            self._faces.append(np.arange(len(p), dtype=np.int64) + start)
+            self._normals.append(np.array([sign, 0.0, 0.0]))
+            self._centers.append(v.mean(axis=0))
+            self._colors.append(np.asarray(color, np.float64))
+            self._classes.append(int(cls))
+            self._tracks.append(int(track))
+            ids.append(len(self._faces) - 1)
+        return ids
 
     def column(self, x, z, radius, h0, h1, color, cls, track, sides: int = 4) -> list[int]:
         """A vertical regular prism (poles, trunks); faces: bottom, top, sides."""
@@ -277,9 +295,12 @@ class MeshBuilder:
         hc = radius * math.cos(math.pi / sides)  # the flat bottom edge rests on the ground
         prof = np.stack([z + radius * np.cos(a), hc + radius * np.sin(a)], 1)
         prof[np.abs(prof[:, 1]) < 1e-9, 1] = 0.0
+        skip: frozenset[int] = frozenset()
         if cut_h is not None and cut_h < hc + radius * 0.9:
             prof = _clip_profile_below(prof, cut_h)
-        ids = self.prism_x(prof, x0, x1, color, cls, track)
+            at_cut = np.abs(prof[:, 1] - cut_h) < 1e-9
+            skip = frozenset(i for i in range(len(prof)) if at_cut[i] and at_cut[(i + 1) % len(prof)])
+        ids = self.prism_x(prof, x0, x1, color, cls, track, skip_sides=skip)
         if hub_color is not None:
             for cap, xx in ((ids[0], x0), (ids[1], x1)):
                 hub = np.stack([z + 0.55 * radius * np.cos(a), hc + 0.55 * radius * np.sin(a)], 1)
@@ -336,7 +357,9 @@ class MeshBuilder:
             pts = np.concatenate([verts, bb.centers - r, bb.centers + r])
         aabb = np.array([pts[:, 0].min(), pts[:, 0].max(), pts[:, 1].min(), pts[:, 1].max(),
                          pts[:, 2].min(), pts[:, 2].max()])
-        kmax = max((len(f) for f in self._faces), default=3)
+        kmax = FACE_PAD
+        if any(len(f) > kmax for f in self._faces):
+            raise ValueError(f"faces have at most {FACE_PAD} vertices")
         face_pad = np.array([np.concatenate([f, np.full(kmax - len(f), f[-1])]) for f in self._faces],
                             dtype=np.int64).reshape(-1, kmax)
         return Mesh(verts, self._faces, np.array(self._normals).reshape(-1, 3),
@@ -398,6 +421,7 @@ class ThingModel:
     length_m: float
     width_m: float
     lod: Mesh | None = None  # fewer faces, same silhouette at small sizes, same track ids
+    far: Mesh | None = None  # one box per track, for things a few pixels tall (made by make_actor)
 
 
 def _dark(c, f: float) -> np.ndarray:
@@ -600,16 +624,27 @@ def build_person(rng: np.random.Generator, tid: int, walking: bool) -> ThingMode
 
 
 def _bicycle_parts(b: MeshBuilder, rng: np.random.Generator, tid: int) -> None:
+    """Wheels and frame as flat cards in the bicycle's plane (a bicycle is all but flat), plus
+    handlebar and saddle."""
     col = tx.car_color(rng)
     tyre = np.array([22, 22, 24])
     r = 0.34
+    a = np.arange(8) * math.pi / 4 + math.pi / 8
+    hc = r * math.cos(math.pi / 8)
     for z in (-0.52, 0.52):
-        b.wheel(-0.025, 0.025, z, r, tyre, BICYCLE, tid, hub_color=_dark(col, 0.8))
-    b.limb((-0.52, r), (0.0, r + 0.05), 0.06, -0.03, 0.03, col, BICYCLE, tid)  # chain stay
-    b.limb((0.0, r + 0.05), (-0.12, 0.92), 0.06, -0.03, 0.03, col, BICYCLE, tid)  # seat tube
-    b.limb((0.0, r + 0.05), (0.42, 0.88), 0.07, -0.03, 0.03, col, BICYCLE, tid)  # down tube
-    b.limb((-0.12, 0.86), (0.42, 0.88), 0.06, -0.03, 0.03, col, BICYCLE, tid)  # top tube
-    b.limb((0.42, 0.9), (0.52, r), 0.05, -0.03, 0.03, col, BICYCLE, tid)  # fork
+        ring = np.stack([z + r * np.cos(a), hc + r * np.sin(a)], 1)
+        ring[np.abs(ring[:, 1]) < 1e-9, 1] = 0.0
+        ids = b.card_x(ring, 0.0, tyre, BICYCLE, tid)
+        hub = np.stack([np.zeros(8), -(hc + 0.78 * r * np.sin(a)), z + 0.78 * r * np.cos(a)], 1)
+        for f in ids:
+            b.detail(f, hub[None], np.array([70.0, 70.0, 72.0]))
+    frame = [(-0.5, hc + 0.02), (0.02, hc + 0.02), (0.45, 0.88), (-0.14, 0.9)]
+    ids = b.card_x(frame, 0.0, col, BICYCLE, tid)
+    hole = np.array([[-0.3, hc + 0.12], [-0.02, hc + 0.12], [0.28, 0.8], [-0.12, 0.8]])
+    hole3 = np.stack([np.zeros(4), -hole[:, 1], hole[:, 0]], 1)
+    for f in ids:
+        b.detail(f, hole3[None], tyre * 0.0 + 60.0)  # the see-through triangle, darkened
+    b.limb((0.45, 0.9), (0.52, hc), 0.05, -0.03, 0.03, col, BICYCLE, tid)  # fork
     b.box(-0.3, 0.3, 0.97, 1.02, 0.4, 0.46, (40, 40, 40), BICYCLE, tid)  # handlebar
     b.box(-0.08, 0.08, 0.92, 0.97, -0.2, -0.02, (30, 30, 30), BICYCLE, tid)  # saddle
 
@@ -743,7 +778,7 @@ class Actor:
     pose: np.ndarray  # (N, 3): world x, world z, heading rad
     phase: np.ndarray  # (N,) animation phase, rad
     role: str  # "traffic", "lead", "parked", "sidewalk", "crossing", "occluder", "occludee", ...
-    contact_idx: dict[int, np.ndarray]  # track id -> local vertex indices touching the ground
+    radius_m: float  # bounding radius of the footprint, for view-frustum culling
 
 
 @dataclass
@@ -764,19 +799,44 @@ class PlannedOcclusion:
     end_frame: int
 
 
-def _contact_indices(mesh: Mesh, track: int) -> np.ndarray:
-    """Vertices of the track's faces lying on the ground (for the rider: those of its vehicle)."""
-    sel = np.flatnonzero(mesh.tracks == track)
-    idx = np.unique(np.concatenate([mesh.faces[i] for i in sel])) if len(sel) else np.zeros(0, np.int64)
-    on_ground = idx[mesh.verts[idx, 1] > -0.02]
-    if len(on_ground) == 0:
-        idx = np.unique(np.concatenate(mesh.faces))
+def contact_indices(mesh: Mesh, track: int) -> np.ndarray:
+    """Vertices of the track's faces lying on the ground (for a rider: those of its vehicle); cached."""
+    cache = mesh.__dict__.setdefault("_contact", {})
+    if track not in cache:
+        sel = np.flatnonzero(mesh.tracks == track)
+        idx = np.unique(np.concatenate([mesh.faces[i] for i in sel])) if len(sel) else np.zeros(0, np.int64)
         on_ground = idx[mesh.verts[idx, 1] > -0.02]
-    return on_ground
+        if len(on_ground) == 0:
+            idx = np.unique(np.concatenate(mesh.faces))
+            on_ground = idx[mesh.verts[idx, 1] > -0.02]
+        cache[track] = on_ground
+    return cache[track]
+
+
+def far_mesh(mesh: Mesh) -> Mesh:
+    """One box per track around that track's faces, coloured like its largest face: what a thing a few
+    pixels tall looks like (such things are usually labelled void)."""
+    b = MeshBuilder()
+    for tid in mesh.track_ids:
+        sel = np.flatnonzero(mesh.tracks == tid)
+        idx = np.unique(np.concatenate([mesh.faces[i] for i in sel]))
+        v = mesh.verts[idx]
+        areas = []
+        for i in sel:
+            p = mesh.verts[mesh.faces[i]]
+            areas.append(np.linalg.norm(np.cross(p, np.roll(p, -1, axis=0)).sum(axis=0)))
+        col = mesh.colors[sel[int(np.argmax(areas))]]
+        b.box(v[:, 0].min(), v[:, 0].max(), -v[:, 1].max(), -v[:, 1].min(), v[:, 2].min(), v[:, 2].max(), col,
+              int(mesh.classes[sel[0]]), tid)
+    return b.build()
 
 
 def make_actor(model: ThingModel, pose: np.ndarray, phase: np.ndarray, role: str) -> Actor:
-    return Actor(model, pose, phase, role, {t: _contact_indices(model.mesh, t) for t, _ in model.tracks})
+    if model.far is None:
+        model.far = far_mesh(model.mesh)
+    a = model.mesh.aabb
+    radius = float(np.hypot(max(abs(a[0]), abs(a[1])), max(abs(a[4]), abs(a[5])))) + 0.2
+    return Actor(model, pose, phase, role, radius)
 
 
 # --------------------------------------------------------------------------- the world
@@ -1021,7 +1081,7 @@ class WorldBuilder:
         centres = sorted(rng.uniform(0.25, 0.75, want) * n) if want > 1 else [rng.uniform(0.3, 0.7) * n]
         for kc in centres:
             pool: dict[str, ThingModel] = {}  # candidate models with placeholder ids, built on demand
-            for _attempt in range(60):
+            for _attempt in range(80):
                 if self._try_occlusion(rng, int(kc) + int(rng.integers(-8, 9)), cams, pool):
                     break
 
@@ -1060,7 +1120,7 @@ class WorldBuilder:
                 okind = "car" if rng.random() < 0.8 else "motorcyclist"
             o_model = self._pooled(pool, okind, rng)
             o_x = oln.x_m
-            o_v = self.lane_speed[where]
+            o_v = self._scenario_speed(rng, where)
         else:
             walking = rng.random() < 0.8
             okind = "person_walk" if walking else "person_stand"
@@ -1069,7 +1129,7 @@ class WorldBuilder:
             o_x = rng.uniform(*band)
             o_v = rng.choice([-1.0, 1.0]) * rng.uniform(0.8, 1.7) if walking else 0.0
         # place the occluder ahead and the occludee on the line of sight through its centre
-        b_v = self.lane_speed[bl]
+        b_v = self._scenario_speed(rng, bl)
         dz_b = rng.uniform(7.0, 30.0)
         cx, cz = self.ego[kc, 0], self.ego[kc, 1]
         zb_c = cz + dz_b
@@ -1101,22 +1161,10 @@ class WorldBuilder:
         corners = np.array([[x, y, z] for x in a[0:2] for y in a[2:4] for z in a[4:6]])
         pts = corners[None, :, :] + np.stack([np.full(n, o_x), np.zeros(n), zo], 1)[:, None, :]
         hidden = _ray_box_hidden(cams, pts, bmin, bmax).all(axis=1)
-        if not hidden[kc]:
+        run = self._usable_run(hidden, pts)
+        if run is None:
             return False
-        s = kc
-        while s > 0 and hidden[s - 1]:
-            s -= 1
-        e = kc
-        while e < n - 1 and hidden[e + 1]:
-            e += 1
-        length = e - s + 1
-        if not (12 <= length <= 36) or s < 4 or e > n - 5:
-            return False
-        # the occludee must be inside the image and big enough around and during the event
-        ok = self._visible_enough(pts, np.r_[s - 3:s, e + 1:e + 4], need_area=True)
-        inside = self._visible_enough(pts, np.arange(s, e + 1), need_area=False)
-        if not (ok and inside):
-            return False
+        s, e = run
         pose_b = np.stack([np.full(n, bln.x_m), zb, np.full(n, heading_b)], 1)
         heading_o = 0.0 if o_v > 0 else (math.pi if o_v < 0 else float(rng.choice([0.0, math.pi / 2, math.pi])))
         if what == "lane":
@@ -1124,14 +1172,39 @@ class WorldBuilder:
             heading_o = 0.0 if oln.direction > 0 or (oln.kind == "parking" and oln.x_m > 0) else math.pi
         pose_o = np.stack([np.full(n, o_x), zo, np.full(n, heading_o)], 1)
         self.book.take(bl, zb0 - hb - 4, zb0 + hb + 4)
+        self.lane_speed[bl] = b_v
         if what == "lane":
             self.book.take(where, zo[0] - o_model.length_m / 2 - 4, zo[0] + o_model.length_m / 2 + 4)
+            self.lane_speed[where] = o_v
         del pool[kind], pool[okind]
         b_model, o_model = self._relabel(b_model), self._relabel(o_model)
         self.actors.append(make_actor(b_model, pose_b, np.zeros(n), "occluder"))
         self.actors.append(make_actor(o_model, pose_o, self._walk_phase(o_v), "occludee"))
         self.planned.append(PlannedOcclusion(b_model.tracks[0][0], o_model.tracks[0][0], s, e))
         return True
+
+    def _scenario_speed(self, rng: np.random.Generator, lane: int) -> float:
+        """A lane's speed; the first scenario to use a lane may pick it (slow, congested lanes give
+        long occlusions), as long as nothing drives there yet."""
+        ln = self.layout.lanes[lane]
+        if ln.kind != "drive" or self.book.busy.get(lane):
+            return self.lane_speed[lane]
+        if ln.direction > 0:
+            return float(rng.uniform(2.0, 14.0))
+        return -float(rng.uniform(2.0, 12.0))
+
+    def _usable_run(self, hidden: np.ndarray, pts: np.ndarray) -> tuple[int, int] | None:
+        """The first run of hidden frames 12..36 long, inside the image throughout, with the object
+        clearly visible (in the image, big enough) in the two frames before and after it."""
+        n = len(hidden)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], hidden.astype(np.int8), [0]])))
+        for s, e in zip(edges[0::2], edges[1::2] - 1):
+            if not (12 <= e - s + 1 <= 36) or s < 3 or e > n - 4:
+                continue
+            if self._visible_enough(pts, np.array([s - 2, s - 1, e + 1, e + 2]), need_area=True) and \
+                    self._visible_enough(pts, np.arange(s, e + 1), need_area=False):
+                return int(s), int(e)
+        return None
 
     def _visible_enough(self, pts: np.ndarray, frames: np.ndarray, need_area: bool) -> bool:
         frames = frames[(frames >= 0) & (frames < self.n)]
@@ -1150,7 +1223,7 @@ class WorldBuilder:
                 continue
             if u.min() < 0 or u.max() > self.intr.width - 1 or v.max() > self.intr.height - 1:
                 return False
-            if (u.max() - u.min()) * (v.max() - v.min()) * 0.6 < 1.6 * self.cfg.min_thing_area_px:
+            if (u.max() - u.min()) * (v.max() - v.min()) * 0.6 < 1.3 * self.cfg.min_thing_area_px:
                 return False
         return True
 
@@ -1505,7 +1578,7 @@ class WorldBuilder:
         green = np.asarray(self.palette.vegetation) * rng.uniform(0.85, 1.2)
         crown = rng.uniform(1.6, 3.0)
         ch = trunk_h + crown * rng.uniform(0.7, 1.0)
-        for i in range(int(rng.integers(5, 9))):
+        for i in range(int(rng.integers(4, 7))):
             off = rng.normal(0, crown * 0.35, 3) * np.array([1.0, 0.7, 1.0])
             shade = green * rng.uniform(0.75, 1.25) * np.array([rng.uniform(0.95, 1.05), 1.0, rng.uniform(0.9, 1.1)])
             b.billboard((x + off[0], -(ch + off[1]), z + off[2]), crown * rng.uniform(0.5, 0.8), blob_shape(rng),

@@ -4,14 +4,18 @@ Pure functions over arrays (no tracker state), so each can be tested alone and
 a comparison tool can reuse them:
 
 - :class:`DetectionSet` prepares one frame's detections once: exact visible
-  areas, a sub-sampled instance map (every ``stride``-th pixel), and every
-  detection's pixels on that grid, grouped by detection.
+  areas (fusion's, or one histogram), a sub-sampled instance map (every
+  ``stride``-th pixel), and every detection's cells on that grid, grouped by
+  detection.
 - :func:`region_overlap` answers, for every track at once, "which labels of
   this frame lie under the track's previous mask, shifted to where the track
   is predicted?" -- the mask IoU with every detection, on the sub-sampled
   grid with one ``bincount``; no full-resolution per-object pass.
 - :func:`box_region_labels`: what covers each predicted box (occlusion evidence).
-- :func:`box_iou`, :func:`box_gap` and :func:`assign` (Hungarian with a threshold).
+- :func:`blocked_sides`: which sides of a detection's box another thing (or
+  the image border) cuts off, for measuring partly hidden objects.
+- :func:`box_iou`, :func:`paired_box_iou`, :func:`box_gap`, :func:`box_sizes`,
+  :func:`ragged_index` and :func:`assign` (Hungarian with a threshold).
 """
 from __future__ import annotations
 
@@ -43,9 +47,10 @@ class DetectionSet:
     stride: int
     instance_map: np.ndarray  # int32 (H, W), the result's own (not copied)
     label_map_u8: np.ndarray | None  # uint8 copy of instance_map when N <= 255 (fast look-ups)
-    grid_rows: np.ndarray  # int32: grid rows of all detection pixels, grouped by detection
-    grid_cols: np.ndarray
-    grid_starts: list[int]  # N + 1 offsets: detection i owns [grid_starts[i], grid_starts[i + 1])
+    grid_rows: np.ndarray  # int32: grid rows of the detections' pixels, grouped by detection
+    grid_cols: np.ndarray  # int32: their grid columns
+    grid_start: np.ndarray  # int64 (N,): detection i owns grid_rows[grid_start[i]:grid_end[i]] (at least
+    grid_end: np.ndarray  # one cell: a detection too small for the grid gets its box centre's cell)
 
     @property
     def n(self) -> int:
@@ -55,17 +60,10 @@ class DetectionSet:
     def map_hw(self) -> tuple[int, int]:
         return int(self.instance_map.shape[0]), int(self.instance_map.shape[1])
 
-    def grid_pixels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, cols) int32 copies of detection ``i``'s pixels on the grid (at least one: its box centre)."""
-        a, b = self.grid_starts[i], self.grid_starts[i + 1]
-        if b > a:
-            return self.grid_rows[a:b].copy(), self.grid_cols[a:b].copy()
-        h, w = self.label_map_ds.shape
-        x0, y0, x1, y1 = self.boxes_xyxy[i]
-        off = self.stride // 2
-        r = int(np.clip(round(((y0 + y1) * 0.5 - 0.5 - off) / self.stride), 0, h - 1))
-        c = int(np.clip(round(((x0 + x1) * 0.5 - 0.5 - off) / self.stride), 0, w - 1))
-        return np.array([r], np.int32), np.array([c], np.int32)
+    @property
+    def label_map_contiguous(self) -> np.ndarray:
+        """The instance labels as a C-contiguous array (the uint8 copy when there is one)."""
+        return self.label_map_u8 if self.label_map_u8 is not None else np.ascontiguousarray(self.instance_map)
 
     @classmethod
     def from_result(cls, result: PanopticResult, stride: int) -> "DetectionSet":
@@ -74,35 +72,52 @@ class DetectionSet:
         n = _check_result(result)
         # Exact areas. For up to 255 instances a uint8 copy makes the histogram and the
         # later id look-up (cv2.LUT) several times cheaper than numpy on int32.
-        u8 = None
-        if n <= 255:
-            u8 = inst.astype(np.uint8)
-            hist = cv2.calcHist([u8], [0], None, [256], [0, 256]).ravel()
-            area = hist[1:n + 1].astype(np.int64)
+        u8 = inst.astype(np.uint8) if n <= 255 else None
+        if result.areas_px is not None:
+            area = np.asarray(result.areas_px, dtype=np.int64).reshape(n)
+        elif u8 is not None:
+            area = cv2.calcHist([u8], [0], None, [256], [0, 256]).ravel()[1:n + 1].astype(np.int64)
         else:
             area = np.bincount(inst.ravel(), minlength=n + 1)[1:n + 1].astype(np.int64)
         off = stride // 2
-        ds = np.ascontiguousarray(inst[off::stride, off::stride], dtype=np.int32)
-        w = ds.shape[1]
+        # Sampled from the uint8 copy when there is one: a quarter of the bytes to pull through the cache.
+        ds = (u8 if u8 is not None else inst)[off::stride, off::stride].astype(np.int32)
+        # Labels are checked where the tracker computes with them -- the grid, and the uint8 copy
+        # that feeds the look-ups -- not by another pass over the full image (fusion is trusted).
+        if ds.size:
+            lo, hi = int(ds.min()), max(int(ds.max()), int(u8.max()) if u8 is not None else 0)
+            if lo < 0 or hi > n:
+                raise ValueError(f"instance_map holds labels {lo}..{hi} but the result has {n} instances; labels "
+                                 f"must be 0 (none) or 1 + the instance index")
+        h, w = ds.shape
         flat = ds.ravel()
         nz = (flat != 0).nonzero()[0]  # a bool nonzero is several times faster than an int32 one
         labels = flat[nz]
-        ds_counts = np.bincount(labels, minlength=n + 1)
+        ds_counts = np.bincount(labels, minlength=n + 1)[:n + 1]
         rows_all = (nz // w).astype(np.int32)
         cols_all = (nz - rows_all.astype(np.int64) * w).astype(np.int32)
         # A stable sort on small integers is a radix sort: linear in the pixel count.
-        order = np.argsort(labels.astype(np.int16) if n < 32767 else labels, kind="stable")
-        starts = np.zeros(n + 1, np.int64)
-        np.cumsum(ds_counts[1:], out=starts[1:])
+        order = (labels.astype(np.int16) if n < 32767 else labels).argsort(kind="stable")
+        grid_rows, grid_cols = rows_all[order], cols_all[order]
+        grid_end = ds_counts[1:].cumsum()
+        grid_start = grid_end - ds_counts[1:]
         boxes = np.asarray(result.boxes_xyxy, dtype=np.float64).reshape(n, 4)
-        centroid = np.stack([(boxes[:, 0] + boxes[:, 2]) * 0.5, (boxes[:, 1] + boxes[:, 3]) * 0.5], axis=1)
+        centroid = 0.5 * (boxes[:, 0:2] + boxes[:, 2:4])
+        cnt = ds_counts[1:]
         if n and nz.size:
-            sum_r = np.bincount(labels, weights=rows_all, minlength=n + 1)[1:]
-            sum_c = np.bincount(labels, weights=cols_all, minlength=n + 1)[1:]
-            cnt = ds_counts[1:]
+            sum_r = np.bincount(labels, weights=rows_all, minlength=n + 1)[1:n + 1]
+            sum_c = np.bincount(labels, weights=cols_all, minlength=n + 1)[1:n + 1]
             seen = cnt > 0
             centroid[seen, 0] = stride * (sum_c[seen] / cnt[seen]) + off + 0.5
             centroid[seen, 1] = stride * (sum_r[seen] / cnt[seen]) + off + 0.5
+        missed = (cnt == 0).nonzero()[0]
+        if missed.size:  # too small for the grid: one cell at the box centre stands for the mask
+            r = np.minimum(np.maximum(np.rint((centroid[missed, 1] - off - 0.5) / stride), 0), h - 1).astype(np.int32)
+            c = np.minimum(np.maximum(np.rint((centroid[missed, 0] - off - 0.5) / stride), 0), w - 1).astype(np.int32)
+            grid_start[missed] = grid_rows.size + np.arange(missed.size)
+            grid_end[missed] = grid_start[missed] + 1
+            grid_rows = np.concatenate([grid_rows, r])
+            grid_cols = np.concatenate([grid_cols, c])
         emb = np.asarray(result.embeddings, dtype=np.float32)
         if emb.shape[1] > 0:
             has_emb = np.einsum("nd,nd->n", emb, emb) > 0.25
@@ -111,9 +126,17 @@ class DetectionSet:
         return cls(classes=np.asarray(result.classes, dtype=np.int64).reshape(n),
                    scores=np.asarray(result.scores, dtype=np.float64).reshape(n),
                    boxes_xyxy=boxes, embeddings=emb, has_embedding=has_emb, area_px=area,
-                   centroid_px=centroid, label_map_ds=ds, ds_area=ds_counts[1:n + 1].astype(np.int64),
+                   centroid_px=centroid, label_map_ds=ds, ds_area=cnt.astype(np.int64),
                    stride=int(stride), instance_map=inst, label_map_u8=u8,
-                   grid_rows=rows_all[order], grid_cols=cols_all[order], grid_starts=starts.tolist())
+                   grid_rows=grid_rows, grid_cols=grid_cols, grid_start=grid_start, grid_end=grid_end)
+
+
+def ragged_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(starts[i], starts[i] + lengths[i])`` over i, without a Python loop."""
+    lengths = np.asarray(lengths, np.int64)
+    total = int(lengths.sum())
+    return (np.arange(total, dtype=np.int64) - (lengths.cumsum() - lengths).repeat(lengths)
+            + np.asarray(starts, np.int64).repeat(lengths))
 
 
 def _check_result(result: PanopticResult) -> int:
@@ -125,19 +148,20 @@ def _check_result(result: PanopticResult) -> int:
     cm = result.class_map
     if not isinstance(cm, np.ndarray) or cm.shape != inst.shape:
         raise ValueError(f"class_map shape {getattr(cm, 'shape', None)} differs from instance_map shape {inst.shape}")
-    n = int(np.asarray(result.classes).shape[0])
+    classes_shape = np.asarray(result.classes).shape
+    if len(classes_shape) != 1:
+        raise ValueError(f"PanopticResult.classes must be a 1-D array of train ids, got shape {classes_shape}")
+    n = classes_shape[0]
     for name, arr, tail in (("scores", result.scores, ()), ("boxes_xyxy", result.boxes_xyxy, (4,))):
         shape = np.asarray(arr).shape
         if shape != (n, *tail):
             raise ValueError(f"PanopticResult.{name} has shape {shape}, expected {(n, *tail)} for {n} instances")
+    if result.areas_px is not None and np.asarray(result.areas_px).shape != (n,):
+        raise ValueError(f"PanopticResult.areas_px has shape {np.asarray(result.areas_px).shape}, expected ({n},); "
+                         f"leave it None to have the areas counted")
     emb_shape = np.asarray(result.embeddings).shape
     if len(emb_shape) != 2 or emb_shape[0] != n:
         raise ValueError(f"PanopticResult.embeddings has shape {emb_shape}, expected ({n}, D) (D may be 0)")
-    if inst.size:
-        lo, hi, _, _ = cv2.minMaxLoc(inst if inst.dtype == np.int32 else inst.astype(np.int32))
-        if lo < 0 or hi > n:
-            raise ValueError(f"instance_map holds labels {int(lo)}..{int(hi)} but the result has {n} instances; "
-                             f"labels must be 0 (none) or 1 + the instance index")
     return n
 
 
@@ -156,24 +180,26 @@ class RegionOverlap:
         return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def region_overlap(rows: list[np.ndarray], cols: list[np.ndarray], shift_rc_t2: np.ndarray,
-                   label_map_ds: np.ndarray, num_detections: int) -> RegionOverlap:
-    """Histogram of ``label_map_ds`` under each region ``(rows[t], cols[t]) + shift_rc_t2[t]``."""
-    t = len(rows)
+def region_overlap(rows: np.ndarray, cols: np.ndarray, owner: np.ndarray, num_tracks: int,
+                   shift_rc_t2: np.ndarray, label_map_ds: np.ndarray, num_detections: int) -> RegionOverlap:
+    """Histogram of ``label_map_ds`` under each track's region shifted by ``shift_rc_t2[track]``.
+
+    ``rows``/``cols`` are the grid cells of all regions, ``owner`` the track
+    each cell belongs to (0..num_tracks-1).
+    """
     n1 = num_detections + 1
-    if t == 0:
+    if num_tracks == 0:
         z = np.zeros(0, np.int64)
         return RegionOverlap(np.zeros((0, n1), np.int64), z, z)
     h, w = label_map_ds.shape
-    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=t)
     shift = np.asarray(shift_rc_t2, dtype=np.int64)
-    r = np.concatenate(rows).astype(np.int64) + np.repeat(shift[:, 0], lens)
-    c = np.concatenate(cols).astype(np.int64) + np.repeat(shift[:, 1], lens)
-    owner = np.repeat(np.arange(t, dtype=np.int64), lens)
+    r = rows + shift[owner, 0]
+    c = cols + shift[owner, 1]
     ok = (r >= 0) & (r < h) & (c >= 0) & (c < w)
     labels = label_map_ds.ravel()[(r * w + c)[ok]]
-    counts = np.bincount(owner[ok] * n1 + labels, minlength=t * n1).reshape(t, n1)
-    return RegionOverlap(counts=counts, in_view=counts.sum(axis=1), total=lens)
+    counts = np.bincount(owner[ok] * n1 + labels, minlength=num_tracks * n1).reshape(num_tracks, n1)
+    return RegionOverlap(counts=counts, in_view=counts.sum(axis=1),
+                         total=np.bincount(owner, minlength=num_tracks))
 
 
 def box_region_labels(label_map_ds: np.ndarray, boxes_xyxy: np.ndarray, stride: int,
@@ -220,8 +246,8 @@ def blocked_sides(label_map: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndar
     x1 = np.ceil(boxes_xyxy[:, 2]).astype(np.int64)
     y1 = np.ceil(boxes_xyxy[:, 3]).astype(np.int64)
     out = np.stack([x0 <= 0, y0 <= 0, x1 >= w, y1 >= h], axis=1)
-    ys0, ys1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
-    xs0, xs1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
+    ys0, ys1 = np.minimum(np.maximum(y0, 0), h), np.minimum(np.maximum(y1, 0), h)
+    xs0, xs1 = np.minimum(np.maximum(x0, 0), w), np.minimum(np.maximum(x1, 0), w)
     fixed = np.stack([x0 - 1, y0 - 1, x1, y1], axis=1)  # the line's column (left/right) or row (top/bottom)
     lo = np.stack([ys0, xs0, ys0, xs0], axis=1)  # its span along the side
     hi = np.stack([ys1, xs1, ys1, xs1], axis=1)
@@ -229,13 +255,12 @@ def blocked_sides(label_map: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndar
     if ks.size == 0:
         return out
     length = hi[ks, sides] - lo[ks, sides]
-    owner = np.repeat(np.arange(ks.size), length)
-    along = (np.arange(int(length.sum())) - np.repeat(np.cumsum(length) - length, length)
-             + np.repeat(lo[ks, sides], length))
-    across = np.repeat(fixed[ks, sides], length)
-    vertical = np.repeat(sides % 2 == 0, length)
+    owner = np.arange(ks.size).repeat(length)
+    along = ragged_index(lo[ks, sides], length)
+    across = fixed[ks, sides].repeat(length)
+    vertical = (sides % 2 == 0).repeat(length)
     values = label_map.ravel()[np.where(vertical, along * w + across, across * w + along)]
-    other = (values != 0) & (values != np.repeat(labels[ks], length))
+    other = (values != 0) & (values != labels[ks].repeat(length))
     hits = np.bincount(owner, weights=other, minlength=ks.size)
     out[ks, sides] = hits >= fraction * length
     return out
@@ -245,8 +270,8 @@ def box_iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
     """float64 (A, B) IoU of two box sets."""
     a = a_xyxy[:, None, :]
     b = b_xyxy[None, :, :]
-    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    iw = np.maximum(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0)
+    ih = np.maximum(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0)
     inter = iw * ih
     area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
     area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
@@ -254,19 +279,29 @@ def box_iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
+def paired_box_iou(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
+    """float64 (P,) IoU of a_xyxy[p] with b_xyxy[p]."""
+    iw = np.maximum(np.minimum(a_xyxy[:, 2], b_xyxy[:, 2]) - np.maximum(a_xyxy[:, 0], b_xyxy[:, 0]), 0)
+    ih = np.maximum(np.minimum(a_xyxy[:, 3], b_xyxy[:, 3]) - np.maximum(a_xyxy[:, 1], b_xyxy[:, 1]), 0)
+    inter = iw * ih
+    union = ((a_xyxy[:, 2] - a_xyxy[:, 0]) * (a_xyxy[:, 3] - a_xyxy[:, 1])
+             + (b_xyxy[:, 2] - b_xyxy[:, 0]) * (b_xyxy[:, 3] - b_xyxy[:, 1]) - inter)
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
 def box_gap(a_xyxy: np.ndarray, b_xyxy: np.ndarray) -> np.ndarray:
     """float64 (A, B) Euclidean gap between boxes, px (0 where they touch or overlap)."""
     a = a_xyxy[:, None, :]
     b = b_xyxy[None, :, :]
-    gx = np.clip(np.maximum(a[..., 0], b[..., 0]) - np.minimum(a[..., 2], b[..., 2]), 0, None)
-    gy = np.clip(np.maximum(a[..., 1], b[..., 1]) - np.minimum(a[..., 3], b[..., 3]), 0, None)
+    gx = np.maximum(np.maximum(a[..., 0], b[..., 0]) - np.minimum(a[..., 2], b[..., 2]), 0)
+    gy = np.maximum(np.maximum(a[..., 1], b[..., 1]) - np.minimum(a[..., 3], b[..., 3]), 0)
     return np.hypot(gx, gy)
 
 
 def box_sizes(boxes_xyxy: np.ndarray) -> np.ndarray:
     """float64 (N,) sqrt(area), floored at 1 px: the length scale of the gates."""
-    w = np.clip(boxes_xyxy[:, 2] - boxes_xyxy[:, 0], 1.0, None)
-    h = np.clip(boxes_xyxy[:, 3] - boxes_xyxy[:, 1], 1.0, None)
+    w = np.maximum(boxes_xyxy[:, 2] - boxes_xyxy[:, 0], 1.0)
+    h = np.maximum(boxes_xyxy[:, 3] - boxes_xyxy[:, 1], 1.0)
     return np.sqrt(w * h)
 
 
@@ -279,8 +314,8 @@ def assign(affinity: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarr
     if affinity.size == 0:
         return empty, empty
     feasible = affinity >= threshold
-    rows_ok = np.flatnonzero(feasible.any(axis=1))
-    cols_ok = np.flatnonzero(feasible.any(axis=0))
+    rows_ok = feasible.any(axis=1).nonzero()[0]
+    cols_ok = feasible.any(axis=0).nonzero()[0]
     if rows_ok.size == 0:
         return empty, empty
     sub = affinity[np.ix_(rows_ok, cols_ok)]

@@ -108,18 +108,20 @@ def warp(mean_t8: np.ndarray, cov_t43: np.ndarray, affine_2x3: np.ndarray) -> tu
     """
     if mean_t8.shape[0] == 0:
         return mean_t8.copy(), cov_t43.copy()
-    a = np.asarray(affine_2x3, dtype=np.float64)
-    m, t = a[:, :2], a[:, 2]
-    s = float(np.sqrt(abs(np.linalg.det(m))))
+    (m00, m01, tx), (m10, m11, ty) = np.asarray(affine_2x3, dtype=np.float64).tolist()
+    s = abs(m00 * m11 - m01 * m10) ** 0.5
     mean = mean_t8.copy()
-    mean[:, 0:2] = mean_t8[:, 0:2] @ m.T + t
-    mean[:, 4:6] = mean_t8[:, 4:6] @ m.T
+    x, y, vx, vy = mean_t8[:, 0], mean_t8[:, 1], mean_t8[:, 4], mean_t8[:, 5]
+    mean[:, 0] = m00 * x + m01 * y + tx
+    mean[:, 1] = m10 * x + m11 * y + ty
+    mean[:, 4] = m00 * vx + m01 * vy
+    mean[:, 5] = m10 * vx + m11 * vy
     mean[:, 2:4] *= s
     mean[:, 6:8] *= s
-    cov = cov_t43.copy()
-    m2 = m * m  # variances of the x and y axes mix by the squared coefficients
-    cov[:, 0:2, :] = np.einsum("ij,tjk->tik", m2, cov_t43[:, 0:2, :])
-    cov[:, 2:4, :] *= s * s
+    # Variances of the x and y axes mix by the squared coefficients (their correlation is dropped).
+    cov = cov_t43 * (s * s)
+    cov[:, 0] = (m00 * m00) * cov_t43[:, 0] + (m01 * m01) * cov_t43[:, 1]
+    cov[:, 1] = (m10 * m10) * cov_t43[:, 0] + (m11 * m11) * cov_t43[:, 1]
     return mean, cov
 
 

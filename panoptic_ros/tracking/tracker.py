@@ -10,9 +10,10 @@ Per frame, :meth:`Tracker.update` runs these steps (each a method below):
    place, is laid over this frame's instance map on a sub-sampled grid
    (:func:`.association.region_overlap`): one histogram gives its mask IoU
    with every detection.
-3. **Associate**, Hungarian on a combined affinity (mask IoU, box IoU, a
-   centre-distance gate, class compatibility, appearance cosine), in a
-   cascade: confirmed tracks with high-score detections; the rest of them
+3. **Associate**, Hungarian on a combined affinity (that mask IoU -- box
+   IoU where a mask is too small for the grid -- blended with the appearance
+   cosine of the track's moving-average embedding, behind a centre-distance
+   gate and class compatibility), in a cascade: confirmed tracks with high-score detections; the rest of them
    with low-score detections (ByteTrack's second stage); occluded and lost
    tracks by re-identification with relaxed gating (near the prediction *or*
    touching the occluder, same class, similar appearance); tentative tracks
@@ -24,14 +25,18 @@ Per frame, :meth:`Tracker.update` runs these steps (each a method below):
    than the prediction on a side that touches another thing or the image
    border) is measured by its free edges and the track's size, so the state
    stays amodal and the velocity does not sag while an object slides behind
-   a bus. A track back after a gap restarts its velocity from the gap
-   (OC-SORT's observation-centric idea).
+   a bus.
 5. **Occlusion reasoning** for unmatched confirmed tracks: if more than
    ``occlusion_threshold`` of the predicted (amodal) box shows another, nearer
    thing (lower bottom edge or larger box), the track is OCCLUDED by that
    thing's track and lives ``max_occluded_frames``; otherwise it is lost
-   and lives ``max_lost_frames``; a predicted box wholly outside the image
-   ends the track at once.
+   and lives ``max_lost_frames`` (unpublished meanwhile); a predicted box
+   wholly outside the image ends the track at once. A thing first seen after
+   the track vanished, sitting where the track is predicted, is taken for the
+   same object under another class, not an occluder. When an occluded track's
+   own motion would have brought it back into view but it is not there,
+   riding along with the occluder (a cyclist hidden beside a bus) is tried
+   and, if that keeps it covered, adopted.
 6. **Birth and confirmation.** Unmatched confident detections start
    tentative tracks; a track gets its id from this tracker's own counter
    when it reaches ``min_hits`` matches, so ids are dense, start at 1, and
@@ -54,9 +59,10 @@ from panoptic_ros.classes import CITYSCAPES, VOID, ClassTable
 from panoptic_ros.panoptic import MAX_TRACK_ID, PanopticResult
 from panoptic_ros.params import TrackerParams, iter_params, validate_value
 from panoptic_ros.tracking import kalman
-from panoptic_ros.tracking.association import (DetectionSet, RegionOverlap, assign, box_gap, box_iou,
-                                               blocked_sides, box_region_labels, box_sizes, region_overlap)
-from panoptic_ros.tracking.camera_motion import CameraMotionEstimator
+from panoptic_ros.tracking.association import (DetectionSet, RegionOverlap, assign, blocked_sides, box_gap,
+                                               box_region_labels, box_sizes, paired_box_iou,
+                                               ragged_index, region_overlap)
+from panoptic_ros.tracking.camera_motion import CameraMotionEstimator, check_image
 from panoptic_ros.tracking.kalman import MotionNoise
 from panoptic_ros.tracking.types import CameraMotion, TrackedFrame, TrackedObject, TrackState
 
@@ -75,28 +81,27 @@ class _TrackTable:
         "key": (np.int64, ()), "track_id": (np.int64, ()), "hits": (np.int64, ()),
         "first_frame": (np.int64, ()), "first_clock_s": (np.float64, ()),
         "confirmed_frame": (np.int64, ()), "last_seen_stamp_s": (np.float64, ()),
-        "last_seen_clock_s": (np.float64, ()), "frames_since_seen": (np.int64, ()),
+        "frames_since_seen": (np.int64, ()),
         "frames_lost": (np.int64, ()), "status": (np.int8, ()), "score": (np.float64, ()),
         "class_id": (np.int64, ()), "det_index": (np.int64, ()), "occluder_key": (np.int64, ()),
         "moves_with_occluder": (bool, ()), "occluder_offset_xy": (np.float64, (2,)),
-        "mean": (np.float64, (8,)), "cov": (np.float64, (4, 3)), "last_obs_xy": (np.float64, (2,)),
+        "mean": (np.float64, (8,)), "cov": (np.float64, (4, 3)),
         "ref_xy": (np.float64, (2,)), "vis_box": (np.float64, (4,)),
         "class_votes": (np.float32, (_NUM_CLASS_SLOTS,)), "emb_ok": (bool, ()),
+        # The last visible mask: cells [mask_start, mask_end) of frame mask_frame in the _MaskStore.
+        "mask_frame": (np.int64, ()), "mask_start": (np.int64, ()), "mask_end": (np.int64, ()),
     }
 
     def __init__(self) -> None:
         for name, (dtype, tail) in self._ARRAYS.items():
             setattr(self, name, np.zeros((0, *tail), dtype))
         self.emb = np.zeros((0, 0), np.float32)  # (T, D) appearance, L2-normalised where emb_ok
-        self.mask_rows: list[np.ndarray] = []  # grid pixels of the last visible mask (at ref_xy)
-        self.mask_cols: list[np.ndarray] = []
 
     def __len__(self) -> int:
         return int(self.key.shape[0])
 
-    def append(self, rows: dict[str, np.ndarray], emb: np.ndarray, mask_rows: list[np.ndarray],
-               mask_cols: list[np.ndarray]) -> None:
-        n = len(mask_rows)
+    def append(self, rows: dict[str, np.ndarray], emb: np.ndarray) -> None:
+        n = emb.shape[0]
         if emb.shape[1] != self.emb.shape[1]:
             self.set_embedding_dim(emb.shape[1])
         for name, (dtype, tail) in self._ARRAYS.items():
@@ -105,16 +110,11 @@ class _TrackTable:
                 new = np.zeros((n, *tail), dtype)
             setattr(self, name, np.concatenate([getattr(self, name), np.asarray(new, dtype).reshape(n, *tail)]))
         self.emb = np.concatenate([self.emb, emb.astype(np.float32, copy=False)])
-        self.mask_rows.extend(mask_rows)
-        self.mask_cols.extend(mask_cols)
 
     def keep(self, keep: np.ndarray) -> None:
         for name in self._ARRAYS:
             setattr(self, name, getattr(self, name)[keep])
         self.emb = self.emb[keep]
-        idx = np.flatnonzero(keep)
-        self.mask_rows = [self.mask_rows[i] for i in idx]
-        self.mask_cols = [self.mask_cols[i] for i in idx]
 
     def set_embedding_dim(self, d: int) -> None:
         """A model with another embedding size: stored appearance is no longer comparable."""
@@ -132,6 +132,63 @@ class _TrackTable:
         return np.where(found, pos, -1)
 
 
+class _MaskStore:
+    """Grid cells of the tracks' last visible masks, kept per frame.
+
+    A matched track just points at its detection's slice of that frame's
+    cells (three integers), so remembering 50 masks costs no per-track copy.
+    Frames no track points at are dropped, and an old frame that few tracks
+    still use is repacked, so memory stays bounded by the masks in use.
+    """
+
+    def __init__(self) -> None:
+        self._frames: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def add(self, frame: int, rows: np.ndarray, cols: np.ndarray) -> None:
+        self._frames[frame] = (rows, cols)
+
+    def gather(self, tb: _TrackTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, cols, owner row) of every track's mask cells, concatenated."""
+        length = tb.mask_end - tb.mask_start
+        parts = []
+        for f in np.unique(tb.mask_frame).tolist():
+            sel = (tb.mask_frame == f).nonzero()[0]
+            idx = ragged_index(tb.mask_start[sel], length[sel])
+            rows, cols = self._frames[f]
+            parts.append((rows[idx], cols[idx], sel.repeat(length[sel])))
+        if not parts:
+            z = np.zeros(0, np.int64)
+            return z, z, z
+        if len(parts) == 1:
+            return parts[0]
+        rows, cols, owner = (np.concatenate(x) for x in zip(*parts))
+        return rows, cols, owner
+
+    def compact(self, tb: _TrackTable, current_frame: int) -> None:
+        """Drop frames no track points at; repack an old frame when less than half of it is in use."""
+        used = set(np.unique(tb.mask_frame).tolist())
+        for f in [f for f in self._frames if f not in used]:
+            del self._frames[f]
+        for f in used:
+            rows, cols = self._frames[f]
+            sel = (tb.mask_frame == f).nonzero()[0]
+            length = tb.mask_end[sel] - tb.mask_start[sel]
+            if f == current_frame or 2 * int(length.sum()) >= rows.size:
+                continue
+            idx = ragged_index(tb.mask_start[sel], length)
+            self._frames[f] = (rows[idx], cols[idx])
+            tb.mask_start[sel] = length.cumsum() - length
+            tb.mask_end[sel] = tb.mask_start[sel] + length
+
+    def clear(self) -> None:
+        self._frames.clear()
+
+    @property
+    def num_cells(self) -> int:
+        """Grid cells held (for checking that memory stays bounded)."""
+        return sum(r.size for r, _ in self._frames.values())
+
+
 class Tracker:
     """Occlusion-aware multi-object tracker over panoptic results; one instance per camera.
 
@@ -147,6 +204,7 @@ class Tracker:
         self._next_id = 1
         self._next_key = 1
         self._table = _TrackTable()
+        self._masks = _MaskStore()
         self._frame = 0
         self._clock_s = 0.0
         self._last_stamp_s: float | None = None
@@ -170,6 +228,9 @@ class Tracker:
         self._compat = self._compatibility(params.compatible_classes)
         if self._cmc is None or self._cmc.working_width_px != params.camera_motion_width_px:
             self._cmc = CameraMotionEstimator(working_width_px=params.camera_motion_width_px)
+        old = getattr(self, "_params", None)
+        if old is not None and old.mask_stride != params.mask_stride:
+            self.reset()  # stored masks live on the old grid
         self._params = params
 
     @property
@@ -181,9 +242,15 @@ class Tracker:
     def next_track_id(self) -> int:
         return self._next_id
 
+    @property
+    def num_mask_cells(self) -> int:
+        """Grid cells held for the tracks' last masks (bounded: unused frames are dropped or repacked)."""
+        return self._masks.num_cells
+
     def reset(self) -> None:
         """Forget every track (ids already given are still never reused) and the previous frame."""
         self._table = _TrackTable()
+        self._masks.clear()
         self._last_stamp_s = None
         self._map_hw = None
         if self._cmc is not None:
@@ -201,8 +268,8 @@ class Tracker:
             raise ValueError(f"stamp_s must be a number of seconds, got {stamp_s!r}") from None
         if not math.isfinite(stamp):
             raise ValueError(f"stamp_s must be finite, got {stamp_s!r}")
-        if image is not None and not isinstance(image, np.ndarray):
-            raise ValueError(f"image must be a numpy array or None, got {type(image).__name__}")
+        if image is not None:
+            check_image(image)
         p = self._params
         dets = DetectionSet.from_result(result, p.mask_stride)
         if dets.n and (dets.classes.min() < 0 or dets.classes.max() >= VOID):
@@ -223,23 +290,27 @@ class Tracker:
             motion = self._cmc.estimate(image, dets.map_hw, (dets.label_map_ds > 0).view(np.uint8))
         tb = self._table
         tb.det_index[:] = -1
+        if tb.emb.shape[1] != dets.embeddings.shape[1]:
+            tb.set_embedding_dim(dets.embeddings.shape[1])
         if len(tb):
             self._predict(dt_s, motion)
-        overlap = region_overlap(tb.mask_rows, tb.mask_cols, self._grid_shift(tb.mean[:, :2] - tb.ref_xy),
-                                 dets.label_map_ds, dets.n)
-        rows, cols, reid = self._associate(dets, overlap)
+        self._masks.add(self._frame, dets.grid_rows, dets.grid_cols)
+        cell_rows, cell_cols, owner = self._masks.gather(tb)
+        overlap = region_overlap(cell_rows, cell_cols, owner, len(tb),
+                                 self._grid_shift(tb.mean[:, :2] - tb.ref_xy), dets.label_map_ds, dets.n)
+        rows, cols = self._associate(dets, overlap)
         matched = np.zeros(len(tb), bool)
         matched[rows] = True
         if rows.size:
-            self._apply_matches(dets, rows, cols, reid, stamp)
+            self._apply_matches(dets, rows, cols, stamp)
         det_row = np.full(dets.n, -1, np.int64)
         det_row[cols] = rows
         self._spawn(dets, det_row, stamp)
-        tb = self._table  # appended to
-        matched = np.concatenate([matched, np.ones(len(tb) - matched.size, bool)])
+        matched = np.concatenate([matched, np.ones(len(self._table) - matched.size, bool)])
         drop = self._unmatched(dets, ~matched, det_row)
         self._confirm(matched)
         ended += self._prune(drop)
+        self._masks.compact(self._table, self._frame)
         return self._publish(dets, stamp, dt_s, jump, motion, ended, reset)
 
     # ------------------------------------------------------------------ steps
@@ -262,9 +333,8 @@ class Tracker:
         if motion is not None:
             a = motion.affine_2x3
             tb.mean, tb.cov = kalman.warp(tb.mean, tb.cov, a)
-            tb.last_obs_xy = tb.last_obs_xy @ a[:, :2].T + a[:, 2]
             tb.occluder_offset_xy = tb.occluder_offset_xy @ a[:, :2].T
-        movers = np.flatnonzero(tb.moves_with_occluder & (tb.status == _OCCLUDED))
+        movers = (tb.moves_with_occluder & (tb.status == _OCCLUDED)).nonzero()[0]
         if movers.size:
             occ = tb.rows_of_keys(tb.occluder_key[movers])
             ok = occ >= 0
@@ -277,33 +347,14 @@ class Tracker:
         """Pixel shifts (x, y) -> whole grid shifts (row, col)."""
         return np.rint(shift_xy_t2[:, ::-1] / self._params.mask_stride).astype(np.int64)
 
-    def _associate(self, dets: DetectionSet, overlap: RegionOverlap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The cascade. Returns matched (track rows, detection indices, matched-by-re-identification)."""
+    def _associate(self, dets: DetectionSet, overlap: RegionOverlap) -> tuple[np.ndarray, np.ndarray]:
+        """The cascade. Returns matched (track rows, detection indices)."""
         tb, p = self._table, self._params
         t, n = len(tb), dets.n
         empty = np.zeros(0, np.int64)
         if t == 0 or n == 0:
-            return empty, empty, np.zeros(0, bool)
-        shift = tb.mean[:, :2] - tb.ref_xy
-        vis_pred = tb.vis_box + np.concatenate([shift, shift], axis=1)
-        miou = overlap.mask_iou(dets.ds_area)
-        biou = box_iou(vis_pred, dets.boxes_xyxy)
-        tiny = (overlap.total[:, None] < 4) | (dets.ds_area[None, :] < 4)
-        geo = np.where(tiny, biou, 0.5 * (miou + biou))
-        ct = 0.5 * (vis_pred[:, :2] + vis_pred[:, 2:])
-        cd = 0.5 * (dets.boxes_xyxy[:, :2] + dets.boxes_xyxy[:, 2:])
-        dist = np.hypot(ct[:, None, 0] - cd[None, :, 0], ct[:, None, 1] - cd[None, :, 1])
-        scale = np.maximum(box_sizes(vis_pred)[:, None], box_sizes(dets.boxes_xyxy)[None, :])
-        compat = self._compat[tb.class_id[:, None], dets.classes[None, :]]
-        gate = compat & (geo > 0) & (dist <= p.max_center_distance * scale)
-        aff_geo = np.where(gate, geo, 0.0)
-        cos, app_ok = self._appearance(dets)
-        if app_ok is not None:
-            w = p.embedding_weight
-            aff_full = np.where(gate & app_ok, (1.0 - w) * aff_geo + w * np.clip(cos, 0.0, 1.0), aff_geo)
-        else:
-            aff_full = aff_geo
-
+            return empty, empty
+        aff_geo, aff_full = self._affinity(dets, overlap)
         track_free = np.ones(t, bool)
         det_free = np.ones(n, bool)
         high = dets.scores >= p.high_score_threshold
@@ -311,46 +362,80 @@ class Tracker:
         confirmed = tb.track_id > 0
         out_r: list[np.ndarray] = []
         out_c: list[np.ndarray] = []
-        out_reid: list[np.ndarray] = []
 
-        def run(track_sel: np.ndarray, det_sel: np.ndarray, aff: np.ndarray | None, is_reid: bool) -> None:
-            tr = np.flatnonzero(track_sel & track_free)
-            dc = np.flatnonzero(det_sel & det_free)
+        def run(track_sel: np.ndarray, det_sel: np.ndarray, aff: np.ndarray | None) -> None:
+            tr = (track_sel & track_free).nonzero()[0]
+            dc = (det_sel & det_free).nonzero()[0]
             if tr.size == 0 or dc.size == 0:
                 return
-            block = self._reid_affinity(dets, tr, dc, cos, app_ok) if aff is None else aff[np.ix_(tr, dc)]
+            block = self._reid_affinity(dets, tr, dc) if aff is None else aff[np.ix_(tr, dc)]
             r, c = assign(block, p.match_threshold)
             if r.size:
                 track_free[tr[r]] = False
                 det_free[dc[c]] = False
                 out_r.append(tr[r])
                 out_c.append(dc[c])
-                out_reid.append(np.full(r.size, is_reid))
 
         active = confirmed & (tb.status != _OCCLUDED)
-        run(active, high, aff_full, False)  # 1. confirmed tracks, confident detections
-        run(active, low, aff_geo, False)  # 2. the rest of them, weak detections (appearance unreliable)
-        run(confirmed, high, None, True)  # 3. occluded / lost / just missed: re-identification
-        run(~confirmed, high, aff_full, False)  # 4. tentative tracks
+        run(active, high, aff_full)  # 1. confirmed tracks, confident detections
+        run(active, low, aff_geo)  # 2. the rest of them, weak detections (appearance unreliable)
+        run(confirmed, high, None)  # 3. occluded / lost / just missed: re-identification
+        run(~confirmed, high, aff_full)  # 4. tentative tracks
         if not out_r:
-            return empty, empty, np.zeros(0, bool)
-        return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_reid)
+            return empty, empty
+        return np.concatenate(out_r), np.concatenate(out_c)
 
-    def _appearance(self, dets: DetectionSet) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(T, N) cosine similarity and where both sides have an embedding, or (None, None)."""
-        tb = self._table
-        d = dets.embeddings.shape[1]
-        if d == 0 or not dets.has_embedding.any():
-            return None, None
-        if tb.emb.shape[1] != d:
-            tb.set_embedding_dim(d)
-        if not tb.emb_ok.any():
-            return None, None
-        cos = tb.emb @ dets.embeddings.T
-        return cos, tb.emb_ok[:, None] & dets.has_embedding[None, :]
+    def _affinity(self, dets: DetectionSet, overlap: RegionOverlap) -> tuple[np.ndarray, np.ndarray]:
+        """(T, N) gated affinities: geometric only, and geometric blended with appearance.
 
-    def _reid_affinity(self, dets: DetectionSet, tr: np.ndarray, dc: np.ndarray, cos: np.ndarray | None,
-                       app_ok: np.ndarray | None) -> np.ndarray:
+        Only pairs whose shifted mask touches the detection (or where either
+        mask is too small for the grid, judged by box IoU instead) can score,
+        so everything is computed on that short pair list, not on T x N.
+        """
+        tb, p = self._table, self._params
+        t, n = len(tb), dets.n
+        inter = overlap.counts[:, 1:]
+        tiny_t = overlap.total < 4
+        tiny_d = dets.ds_area < 4
+        cand = inter > 0
+        if tiny_t.any():
+            cand[tiny_t] = True
+        if tiny_d.any():
+            cand[:, tiny_d] = True
+        ti, di = np.nonzero(cand)
+        aff_geo = np.zeros((t, n))
+        aff_full = np.zeros((t, n))
+        if ti.size == 0:
+            return aff_geo, aff_full
+        inter_p = inter[ti, di]
+        union = overlap.in_view[ti] + dets.ds_area[di] - inter_p
+        geo = inter_p / np.maximum(union, 1)
+        shift = tb.mean[ti, :2] - tb.ref_xy[ti]
+        vis_pred = tb.vis_box[ti] + np.concatenate([shift, shift], axis=1)
+        det_box = dets.boxes_xyxy[di]
+        tiny = tiny_t[ti] | tiny_d[di]
+        if tiny.any():
+            geo[tiny] = paired_box_iou(vis_pred[tiny], det_box[tiny])
+        # Gate: centre distance within max_center_distance sizes (sqrt of the larger box area).
+        d = 0.5 * (vis_pred[:, :2] + vis_pred[:, 2:] - det_box[:, :2] - det_box[:, 2:])
+        area = np.maximum(np.prod(vis_pred[:, 2:] - vis_pred[:, :2], axis=1),
+                          np.prod(det_box[:, 2:] - det_box[:, :2], axis=1))
+        gate = ((geo > 0) & self._compat[tb.class_id[ti], dets.classes[di]]
+                & (np.einsum("pi,pi->p", d, d) <= p.max_center_distance ** 2 * area))
+        geo = np.where(gate, geo, 0.0)
+        aff_geo[ti, di] = geo
+        full = geo
+        if dets.embeddings.shape[1] and tb.emb.shape[1] == dets.embeddings.shape[1]:
+            ok = gate & tb.emb_ok[ti] & dets.has_embedding[di]
+            if ok.any():
+                cos = np.einsum("pd,pd->p", tb.emb[ti[ok]], dets.embeddings[di[ok]])
+                w = p.embedding_weight
+                full = geo.copy()
+                full[ok] = (1.0 - w) * geo[ok] + w * np.minimum(np.maximum(cos, 0.0), 1.0)
+        aff_full[ti, di] = full
+        return aff_geo, aff_full
+
+    def _reid_affinity(self, dets: DetectionSet, tr: np.ndarray, dc: np.ndarray) -> np.ndarray:
         """Relaxed affinity for tracks not matched normally: near the prediction OR touching the occluder."""
         tb, p = self._table, self._params
         pred = kalman.boxes_xyxy(tb.mean[tr])
@@ -362,7 +447,7 @@ class Tracker:
         near_score = np.where(near, 1.0 - gap / reach, 0.0)
         adjacent = np.zeros_like(near)
         occ = tb.rows_of_keys(tb.occluder_key[tr])
-        has_occ = np.flatnonzero(occ >= 0)
+        has_occ = (occ >= 0).nonzero()[0]
         if has_occ.size:
             o = occ[has_occ]
             shift = tb.mean[o, :2] - tb.ref_xy[o]
@@ -379,47 +464,37 @@ class Tracker:
         gate = (near | adjacent) & fits & compat
         geo = np.maximum(near_score, np.where(adjacent, 0.5, 0.0))
         aff = geo
-        if cos is not None:
-            c = cos[np.ix_(tr, dc)]
-            ok = app_ok[np.ix_(tr, dc)]
+        if dets.embeddings.shape[1] and tb.emb.shape[1] == dets.embeddings.shape[1]:
+            c = tb.emb[tr] @ dets.embeddings[dc].T
+            ok = tb.emb_ok[tr][:, None] & dets.has_embedding[dc][None, :]
             gate &= ~ok | (c >= p.reid_min_similarity)
-            aff = np.where(ok, 0.5 * geo + 0.5 * np.clip(c, 0.0, 1.0), geo)
+            aff = np.where(ok, 0.5 * geo + 0.5 * np.minimum(np.maximum(c, 0.0), 1.0), geo)
         return np.where(gate, aff, 0.0)
 
-    def _apply_matches(self, dets: DetectionSet, rows: np.ndarray, cols: np.ndarray, reid: np.ndarray,
-                       stamp: float) -> None:
+    def _apply_matches(self, dets: DetectionSet, rows: np.ndarray, cols: np.ndarray, stamp: float) -> None:
         tb, p = self._table, self._params
         pred = tb.mean[rows]
         z = kalman.xyxy_to_cxcywh(dets.boxes_xyxy[cols])
-        cut = np.flatnonzero((z[:, 2] < _PARTIAL * pred[:, 2]) | (z[:, 3] < _PARTIAL * pred[:, 3]))
+        cut = ((z[:, 2] < _PARTIAL * pred[:, 2]) | (z[:, 3] < _PARTIAL * pred[:, 3])).nonzero()[0]
         if cut.size:
-            label_map = dets.label_map_u8 if dets.label_map_u8 is not None else np.ascontiguousarray(dets.instance_map)
-            z[cut] = _amodal_measurements(dets.boxes_xyxy[cols[cut]], cols[cut] + 1, pred[cut], label_map)
-        mean, cov = kalman.update(pred, tb.cov[rows], z, self.noise)
-        back = np.flatnonzero(tb.frames_since_seen[rows] >= 2)
-        if back.size:
-            # Back after a gap: restart from the measurement, velocity from the gap's displacement.
-            rb = rows[back]
-            m0, c0 = kalman.initiate(z[back], self.noise)
-            elapsed = np.maximum(self._clock_s - tb.last_seen_clock_s[rb], 1e-3)
-            m0[:, 4:6] = (z[back, :2] - tb.last_obs_xy[rb]) / elapsed[:, None]
-            mean[back], cov[back] = m0, c0
-        tb.mean[rows], tb.cov[rows] = mean, cov
-        tb.last_obs_xy[rows] = z[:, :2]
-        tb.ref_xy[rows] = mean[:, :2]
+            z[cut] = _amodal_measurements(dets.boxes_xyxy[cols[cut]], cols[cut] + 1, pred[cut],
+                                          dets.label_map_contiguous)
+        # After a gap the covariance has grown with every coasted step, so the update trusts the
+        # measurement and re-learns the velocity within a few frames (even after a reversal).
+        tb.mean[rows], tb.cov[rows] = kalman.update(pred, tb.cov[rows], z, self.noise)
+        tb.ref_xy[rows] = tb.mean[rows, :2]
         tb.vis_box[rows] = dets.boxes_xyxy[cols]
         tb.hits[rows] += 1
         tb.frames_since_seen[rows] = 0
         tb.frames_lost[rows] = 0
         tb.status[rows] = _MATCHED
         tb.last_seen_stamp_s[rows] = stamp
-        tb.last_seen_clock_s[rows] = self._clock_s
         tb.score[rows] = dets.scores[cols]
         tb.det_index[rows] = cols
         tb.occluder_key[rows] = 0
         tb.moves_with_occluder[rows] = False
         np.add.at(tb.class_votes, (rows, dets.classes[cols]), dets.scores[cols].astype(np.float32))
-        tb.class_id[rows] = np.argmax(tb.class_votes[rows], axis=1)
+        tb.class_id[rows] = tb.class_votes[rows].argmax(axis=1)
         has = dets.has_embedding[cols]
         if has.any() and tb.emb.shape[1] == dets.embeddings.shape[1]:
             r, c = rows[has], cols[has]
@@ -429,19 +504,15 @@ class Tracker:
             e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
             tb.emb[r] = e
             tb.emb_ok[r] = True
-        starts, grid_r, grid_c = dets.grid_starts, dets.grid_rows, dets.grid_cols
-        for r, c in zip(rows.tolist(), cols.tolist()):
-            a, b = starts[c], starts[c + 1]
-            if b > a:
-                tb.mask_rows[r], tb.mask_cols[r] = grid_r[a:b].copy(), grid_c[a:b].copy()
-            else:
-                tb.mask_rows[r], tb.mask_cols[r] = dets.grid_pixels(c)
+        tb.mask_frame[rows] = self._frame
+        tb.mask_start[rows] = dets.grid_start[cols]
+        tb.mask_end[rows] = dets.grid_end[cols]
 
     def _spawn(self, dets: DetectionSet, det_row: np.ndarray, stamp: float) -> None:
         """Tentative tracks for confident detections nobody claimed."""
         p = self._params
-        new = np.flatnonzero((det_row < 0) & (dets.scores >= p.new_track_score_threshold)
-                             & (dets.scores >= p.low_score_threshold))
+        new = ((det_row < 0) & (dets.scores >= p.new_track_score_threshold)
+               & (dets.scores >= p.low_score_threshold)).nonzero()[0]
         if new.size == 0:
             return
         k = new.size
@@ -457,16 +528,17 @@ class Tracker:
         if d:
             e = dets.embeddings[new]
             emb[ok] = e[ok] / np.linalg.norm(e[ok], axis=1, keepdims=True)
-        pixels = [dets.grid_pixels(int(i)) for i in new]
         rows = {
             "key": keys, "hits": np.ones(k), "first_frame": np.full(k, self._frame),
             "first_clock_s": np.full(k, self._clock_s), "last_seen_stamp_s": np.full(k, stamp),
-            "last_seen_clock_s": np.full(k, self._clock_s), "status": np.full(k, _MATCHED),
+            "status": np.full(k, _MATCHED),
             "score": dets.scores[new], "class_id": dets.classes[new], "det_index": new,
-            "mean": mean, "cov": cov, "last_obs_xy": z[:, :2], "ref_xy": mean[:, :2],
+            "mean": mean, "cov": cov, "ref_xy": mean[:, :2],
             "vis_box": dets.boxes_xyxy[new], "class_votes": votes, "emb_ok": ok,
+            "mask_frame": np.full(k, self._frame), "mask_start": dets.grid_start[new],
+            "mask_end": dets.grid_end[new],
         }
-        self._table.append(rows, emb, [px[0] for px in pixels], [px[1] for px in pixels])
+        self._table.append(rows, emb)
         det_row[new] = np.arange(len(self._table) - k, len(self._table))
 
     def _unmatched(self, dets: DetectionSet, unmatched: np.ndarray, det_row: np.ndarray) -> np.ndarray:
@@ -474,7 +546,7 @@ class Tracker:
         tb, p = self._table, self._params
         h, w = dets.map_hw
         drop = np.zeros(len(tb), bool)
-        um = np.flatnonzero(unmatched)
+        um = unmatched.nonzero()[0]
         if um.size == 0:
             return drop
         tb.frames_since_seen[um] += 1
@@ -501,7 +573,7 @@ class Tracker:
         counts, in_view = box_region_labels(dets.label_map_ds, pred, dets.stride, dets.n)
         things = counts[:, 1:]
         is_occ = (in_view > 0) & (things.sum(axis=1) >= p.occlusion_threshold * np.maximum(in_view, 1))
-        occ_det = np.argmax(things, axis=1) if dets.n else np.zeros(cu.size, np.int64)
+        occ_det = things.argmax(axis=1) if dets.n else np.zeros(cu.size, np.int64)
         if dets.n:
             # The coverer must be nearer: its bottom edge lower in the image (ground contact closer to the
             # camera) or its box larger. A thing *behind* a missed detection does not hide it.
@@ -514,7 +586,7 @@ class Tracker:
             o_rows = det_row[occ_det]
             last_seen_frame = self._frame - tb.frames_since_seen[cu]
             newcomer = (o_rows < 0) | (tb.first_frame[np.maximum(o_rows, 0)] > last_seen_frame)
-            same_place = box_iou(pred, ob).diagonal() >= 0.5
+            same_place = paired_box_iou(pred, ob) >= 0.5
             is_occ &= ~(newcomer & same_place)
         for i, row in enumerate(cu.tolist()):
             if is_occ[i]:
@@ -558,10 +630,10 @@ class Tracker:
     def _confirm(self, matched: np.ndarray) -> None:
         """Tentative tracks with enough hits get the next ids, in detection order."""
         tb, p = self._table, self._params
-        ready = np.flatnonzero(matched & (tb.track_id == 0) & (tb.hits >= p.min_hits))
+        ready = (matched & (tb.track_id == 0) & (tb.hits >= p.min_hits)).nonzero()[0]
         if ready.size == 0:
             return
-        ready = ready[np.argsort(tb.det_index[ready], kind="stable")]
+        ready = ready[tb.det_index[ready].argsort(kind="stable")]
         if self._next_id + ready.size - 1 > MAX_TRACK_ID:
             raise OverflowError(f"track ids exhausted ({MAX_TRACK_ID} fit the panoptic encoding); "
                                 f"create a new Tracker")
@@ -591,14 +663,14 @@ class Tracker:
         tb = self._table
         confirmed = tb.track_id > 0
         seen = confirmed & (tb.det_index >= 0)
-        shown = np.flatnonzero(seen | (confirmed & (tb.status == _OCCLUDED)))
-        shown = shown[np.argsort(tb.track_id[shown], kind="stable")]
+        shown = (seen | (confirmed & (tb.status == _OCCLUDED))).nonzero()[0]
+        shown = shown[tb.track_id[shown].argsort(kind="stable")]
         lut = np.zeros(256 if dets.label_map_u8 is not None else dets.n + 1, np.int32)
         lut[tb.det_index[seen] + 1] = tb.track_id[seen]
         if dets.label_map_u8 is not None:
             track_map = cv2.LUT(dets.label_map_u8, lut)
         else:
-            track_map = np.take(lut, dets.instance_map)
+            track_map = np.take(lut, dets.instance_map, mode="clip")
         # Gather every field as arrays first, then build the objects from plain lists and row views
         # (each object gets rows of fresh arrays, never views of the tracker's own state).
         det = tb.det_index[shown]

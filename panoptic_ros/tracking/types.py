@@ -22,7 +22,7 @@ class TrackState(enum.IntEnum):
     OCCLUDED = 2  # not detected, hidden behind another thing; box and centre are the prediction
 
 
-@dataclass
+@dataclass(slots=True)
 class TrackedObject:
     """One confirmed track in one frame (tentative tracks are never published)."""
 
@@ -91,6 +91,18 @@ class TrackedFrame:
     ended_track_ids: list[int] = field(default_factory=list)  # confirmed tracks deleted this frame
     num_tracks: int = 0  # all tracks the tracker holds after this frame, tentative and lost included
     reset: bool = False  # the tracker dropped every track first (the image size changed)
+
+    def track_ids_by_detection(self, num_detections: int) -> np.ndarray:
+        """int64 (N,): the confirmed track id each detection of the frame's result got, 0 for none.
+
+        The per-detection view a comparison against box trackers, or a
+        detection-level metric, needs.
+        """
+        ids = np.zeros(num_detections, np.int64)
+        for o in self.objects:
+            if 0 <= o.detection_index < num_detections:
+                ids[o.detection_index] = o.track_id
+        return ids
 
     def object_by_id(self, track_id: int) -> TrackedObject | None:
         for o in self.objects:
