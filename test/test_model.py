@@ -183,3 +183,24 @@ def test_predictor_returns_typed_results_at_frame_size(tiny_model_file):
 def test_demo_config_is_the_shipped_architecture():
     cfg = demo_config()
     assert cfg.backbone == "efficientnet_lite0" and (cfg.input_height, cfg.input_width) == (256, 512)
+
+
+@pytest.mark.parametrize("layout", ["coco", "video"])
+def test_training_reads_dataset_directories_and_resizes(tmp_path, layout):
+    from panoptic_ros.datasets.coco import write_coco_panoptic
+    from panoptic_ros.datasets.video_panoptic import write_video_panoptic
+
+    frames = []
+    for k in range(3):
+        f = street_frame(k, 96, 192)  # stored at another size than the 64x128 network input
+        f.sequence, f.frame_index, f.stamp_ns = "seq", k, k * 100_000_000
+        frames.append(f)
+    root = tmp_path / layout
+    (write_coco_panoptic if layout == "coco" else write_video_panoptic)(root, frames)
+    s = TrainSettings(out=str(tmp_path / "run"), data=str(root), steps=2, warmup_steps=1, checkpoint_every=2,
+                      overrides=TINY)
+    path = train(s, progress=False)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["training"]["data"]["source"] == "dataset"
+    assert card["training"]["data"]["temporal_pairs"] == (layout == "video")
+    assert card["training"]["steps_done"] == 2

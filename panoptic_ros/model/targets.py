@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
@@ -19,9 +20,18 @@ class TrainingSample:
 
 
 def frame_to_sample(frame: PanopticFrame, classes: ClassTable, min_area: int = 16,
-                    flip: bool = False) -> TrainingSample:
-    """Every thing instance with at least ``min_area`` visible pixels becomes a box/mask target."""
+                    flip: bool = False, size: tuple[int, int] | None = None) -> TrainingSample:
+    """Every thing instance with at least ``min_area`` visible pixels becomes a box/mask target.
+
+    ``size`` (H, W): resize to the network input first (area for the image,
+    nearest for the label maps), for datasets stored at another resolution.
+    """
     image, semantic, instance = frame.image, frame.semantic, frame.instance
+    if size is not None and tuple(semantic.shape) != tuple(size):
+        h, w = size
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        semantic = cv2.resize(semantic, (w, h), interpolation=cv2.INTER_NEAREST)
+        instance = cv2.resize(instance, (w, h), interpolation=cv2.INTER_NEAREST)
     if flip:
         image, semantic, instance = image[:, ::-1], semantic[:, ::-1], instance[:, ::-1]
     h, w = semantic.shape

@@ -104,27 +104,56 @@ class SyntheticPairs:
 
 
 class DatasetPairs:
-    """Pairs from a dataset directory: neighbouring frames of a sequence, else one image twice."""
+    """Pairs streamed from a dataset directory, through a shuffle buffer (no random access needed).
 
-    def __init__(self, path: str, settings: TrainSettings) -> None:
-        from panoptic_ros.datasets.loader import load_sequences
+    Video layouts and bags (track ids consistent over time) give neighbouring
+    frames of a sequence; still-image layouts (COCO, Cityscapes) give one
+    image twice.
+    """
+
+    def __init__(self, path: str, settings: TrainSettings, buffer_size: int = 64) -> None:
+        from panoptic_ros.datasets.loader import open_dataset
 
         self.path = path
-        self.sequences = [list(seq) for seq in load_sequences(path)]
-        self.sequences = [s for s in self.sequences if s]
-        if not self.sequences:
-            raise ValueError(f"no frames found in {path}")
-        self.s = settings
+        self.dataset = open_dataset(path)
+        if not self.dataset.sequences:
+            raise ValueError(f"no sequences found in {path}")
+        self.temporal = self.dataset.format in ("video", "rosbag")
+        self.buffer_size = buffer_size
+        self._buffer: list[tuple[PanopticFrame, PanopticFrame]] = []
+        self._stream: Iterator | None = None
+
+    @property
+    def classes(self):
+        return self.dataset.classes
+
+    def _pairs(self, rng: random.Random) -> Iterator[tuple[PanopticFrame, PanopticFrame]]:
+        produced = False
+        while True:
+            sequences = list(self.dataset.sequences)
+            rng.shuffle(sequences)
+            for name in sequences:
+                prev = None
+                for frame in self.dataset.frames(name):
+                    if not self.temporal:
+                        yield frame, frame
+                    elif prev is not None:
+                        yield prev, frame
+                    prev = frame
+                    produced = True
+            if not produced:
+                raise ValueError(f"{self.path} holds no frame pairs to train on")
 
     def sample(self, rng: random.Random) -> tuple[PanopticFrame, PanopticFrame]:
-        seq = self.sequences[rng.randrange(len(self.sequences))]
-        a = rng.randrange(len(seq))
-        b = min(len(seq) - 1, max(0, a + rng.randint(-self.s.max_frame_gap, self.s.max_frame_gap)))
-        return seq[a], seq[b]
+        if self._stream is None:
+            self._stream = self._pairs(rng)
+        while len(self._buffer) < self.buffer_size:
+            self._buffer.append(next(self._stream))
+        return self._buffer.pop(rng.randrange(len(self._buffer)))
 
     def describe(self) -> dict:
-        return {"source": "dataset", "path": self.path, "sequences": len(self.sequences),
-                "frames": sum(len(s) for s in self.sequences)}
+        return {"source": "dataset", "path": self.path, "format": self.dataset.format,
+                "sequences": len(self.dataset.sequences), "temporal_pairs": self.temporal}
 
 
 def pick_device(name: str) -> torch.device:
@@ -147,7 +176,8 @@ def batches(source: PairSource, s: TrainSettings, cfg: ModelConfig, rng: random.
         for _ in range(s.pairs_per_step):
             flip = rng.random() < 0.5
             for frame in source.sample(rng):
-                samples.append(frame_to_sample(frame, cfg.classes, s.min_instance_area, flip))
+                samples.append(frame_to_sample(frame, cfg.classes, s.min_instance_area, flip,
+                                               (cfg.input_height, cfg.input_width)))
         yield samples
 
 
@@ -159,7 +189,12 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
     if s.threads:
         torch.set_num_threads(s.threads)
     device = pick_device(s.device)
-    cfg = PRESETS[s.preset](**s.overrides)
+    if source is None and s.data != "synth":
+        source = DatasetPairs(s.data, s)
+    overrides = dict(s.overrides)
+    if getattr(source, "classes", None) is not None:
+        overrides["classes"] = source.classes  # train for the dataset's own class table
+    cfg = PRESETS[s.preset](**overrides)
     torch.manual_seed(s.seed)
     model = build_model(cfg).to(device)
     model.train()
@@ -179,7 +214,7 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
         torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))
         print(f"resuming {out} at step {step}/{s.steps}")
     (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
-    source = source or (SyntheticPairs(cfg, s) if s.data == "synth" else DatasetPairs(s.data, s))
+    source = source or SyntheticPairs(cfg, s)
     use_amp = s.amp and device.type == "cuda"
     data = batches(source, s, cfg, rng)
     bar = None

@@ -72,21 +72,22 @@ class _Unit:
     small: bool = False
     crosses_near: bool = False
     bb_colors: list | None = None
+    fa: int = 0  # its front faces are _FrameGeometry entries fa..fb-1
+    fb: int = 0
 
 
 @dataclass
 class _FrameGeometry:
-    """All faces of all units of one frame, transformed, culled and shaded in a few array operations."""
+    """The front faces of all units of one frame, transformed, culled and shaded in a few array
+    operations; per-face entries are Python lists for a fast drawing loop."""
 
     cam: np.ndarray  # (V, 3) vertices, optical frame
     uv16: np.ndarray  # (V, 2) int32 pixel coordinates << _SHIFT
-    face_pad: np.ndarray  # (F, K) frame vertex indices
-    face_pts: np.ndarray  # (F, K, 2) int32 polygon of each face (padded)
-    face_len: list  # (F,) number of real vertices of each face
-    front: np.ndarray  # (F,) bool
-    near_cut: list  # (F,) the face crosses the near plane
-    labels: list  # (F,) class_id << 24 | track_id
-    tracks: list  # (F,)
+    face: list  # frame index of each front face
+    pad: list  # (K,) vertex indices of each front face (for near-plane clipping)
+    pts: list  # int32 (k, 2) polygon of each front face, None where it must be clipped first
+    labels: list  # class_id << 24 | track_id
+    tracks: list
     colors: list | None
     detail_colors: list | None
 
@@ -271,8 +272,10 @@ class SyntheticSequence:
                 self._assets = _Assets(world)
             img = self._sky(cam, exposure)
         shade = _Shade(look, exposure)
-        self._draw_ground(cam, rot, c, img, lab, shade)
         units, geo = self._prepare_units(k, cam, rot, c, shade, draw_image)
+        self._draw_ground(cam, rot, c, img, lab, shade)
+        if draw_image:
+            self._draw_shadows(cam, rot, c, img, units)
         polys: dict[int, list[np.ndarray]] = {}
         k4 = (cam.intrinsics.fx, cam.intrinsics.fy, cam.intrinsics.cx, cam.intrinsics.cy)
         for i in _paint_order(units, c):
@@ -329,11 +332,18 @@ class SyntheticSequence:
         uv16 = self._project16(cam, qc.reshape(-1, 3)).reshape(-1, 4, 2)
         zmin = qc[:, :, 2].min(axis=1)
         zmax = qc[:, :, 2].max(axis=1)
-        band_mid = np.maximum(1.0, (_GROUND_BANDS_M[:-1] + _GROUND_BANDS_M[1:]) / 2)
+        if img is not None:
+            band_mid = np.maximum(1.0, (_GROUND_BANDS_M[:-1] + _GROUND_BANDS_M[1:]) / 2)
+            strip_cols = shade.ground_many(np.array([g.color for g in world.ground]), band_mid).tolist()
+            det_cols = shade.ground_many(np.array([d.color for d in details]).reshape(-1, 3),
+                                         np.maximum(1.0, np.linalg.norm(qc.mean(axis=1), axis=1)), diagonal_from=len(quads) - len(details)
+                                         ).tolist() if details else []
+        clip_first = (zmin < NEAR_M).tolist()
+        visible = (zmax >= NEAR_M).tolist()
         for j, (gi, bi) in enumerate(meta):
-            if zmax[j] < NEAR_M:
+            if not visible[j]:
                 continue
-            if zmin[j] < NEAR_M:
+            if clip_first[j]:
                 poly = _clip_near(qc[j])
                 if len(poly) < 3:
                     continue
@@ -341,18 +351,62 @@ class SyntheticSequence:
             else:
                 pts = uv16[j]
             if gi >= 0:
-                g = world.ground[gi]
                 if bi < 0:
-                    cv2.fillConvexPoly(lab, pts, int(g.class_id) << _CLASS_SHIFT, _LINE, _SHIFT)
+                    cv2.fillConvexPoly(lab, pts, world.ground[gi].class_id << _CLASS_SHIFT, _LINE, _SHIFT)
                 else:
-                    cv2.fillConvexPoly(img, pts, shade.ground(g.color, band_mid[bi]), _LINE, _SHIFT)
+                    cv2.fillConvexPoly(img, pts, strip_cols[gi][bi], _LINE, _SHIFT)
             else:
                 d = details[bi]
                 if d.label:
-                    cv2.fillConvexPoly(lab, pts, int(d.class_id) << _CLASS_SHIFT, _LINE, _SHIFT)
+                    cv2.fillConvexPoly(lab, pts, d.class_id << _CLASS_SHIFT, _LINE, _SHIFT)
                 if img is not None:
-                    dist = max(1.0, float(np.linalg.norm(qc[j].mean(axis=0))))
-                    cv2.fillConvexPoly(img, pts, shade.ground(d.color, dist), _LINE, _SHIFT)
+                    cv2.fillConvexPoly(img, pts, det_cols[bi], _LINE, _SHIFT)
+
+    def _draw_shadows(self, cam: CameraModel, rot, c, img: np.ndarray, units: list[_Unit]) -> None:
+        """Image-only shadows of things on the ground: the footprint swept away from the sun in sunny
+        scenes, a soft contact patch otherwise. They darken whatever ground lies below."""
+        look = self.world.look
+        sun = np.asarray(look.sun_dir)
+        H = self.config.height
+        polys = []
+        for u in units:
+            if u.actor < 0 or u.depth > 70.0:
+                continue
+            x0, x1, z0, z1 = u.footprint
+            pad = 0.08
+            rect = np.array([[x0 - pad, z0 - pad], [x1 + pad, z0 - pad], [x1 + pad, z1 + pad], [x0 - pad, z1 + pad]])
+            if look.shadows:
+                h = -u.mesh.aabb[2]  # top height
+                off = np.array([sun[0], sun[2]]) * min(h / max(-sun[1], 0.35), 3.5 * h)
+                shrink = np.array([[0.15, 0.0], [-0.15, 0.0], [-0.15, 0.0], [0.15, 0.0]]) if x1 - x0 > 1.0 else 0.0
+                rect = np.concatenate([rect, rect + shrink + off])
+                rect = cv2.convexHull(rect.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+            pw = np.stack([rect[:, 0], np.zeros(len(rect)), rect[:, 1]], 1)
+            pc = (pw - c) @ rot.T
+            if pc[:, 2].max() < NEAR_M:
+                continue
+            if pc[:, 2].min() < NEAR_M:
+                pc = _clip_near(pc)
+                if len(pc) < 3:
+                    continue
+            polys.append(self._project16(cam, pc))
+        if not polys:
+            return
+        lo = max(0, int(min(p[:, 1].min() for p in polys) // _ONE))
+        if lo >= H:
+            return
+        mask = np.zeros((H - lo, img.shape[1]), np.uint8)
+        off = np.array([0, lo * _ONE], np.int32)
+        for p in polys:
+            cv2.fillConvexPoly(mask, p - off, 255, _LINE, _SHIFT)
+        if look.shadows:
+            strength = 0.55
+        else:
+            mask = cv2.blur(mask, (5, 5))
+            strength = 0.7
+        roi = img[lo:]
+        dark = cv2.multiply(roi, (strength, strength, strength, 1.0))
+        cv2.copyTo(dark, mask, roi)
 
     # ------------------------------------------------------------------ objects
     def _prepare_units(self, k, cam: CameraModel, rot, c, shade: "_Shade", draw_image: bool
@@ -363,36 +417,34 @@ class SyntheticSequence:
         reach = self.config.view_distance_m
         H, W = self.config.height, self.config.width
         fy = cam.intrinsics.fy
-        b_static = -rot @ c
+        yaw = world.ego[k, 2]
         units: list[_Unit] = []
-        # static stuff: one contiguous slice of the pack
+        # everything is gathered in world coordinates, then moved to the camera in one go
         i0 = int(np.searchsorted(pack.z0, cz - 10.0 - pack.max_len))
         i1 = int(np.searchsorted(pack.z0, cz + reach * 1.4, side="right"))
         vs, ve = pack.v_start[i0], pack.v_start[i1]
         fs, fe = pack.f_start[i0], pack.f_start[i1]
         ds, de = pack.d_start[i0], pack.d_start[i1]
-        verts = [pack.verts[vs:ve] @ rot.T + b_static]
-        n_cam = [pack.normals[fs:fe] @ rot.T]
-        c_cam = [pack.centers[fs:fe] @ rot.T + b_static]
-        n_world = [pack.normals[fs:fe]]
+        vw = [pack.verts[vs:ve]]
+        nw = [pack.normals[fs:fe]]
+        cw = [pack.centers[fs:fe]]
         base = [pack.colors[fs:fe]]
         pads = [pack.face_pad[fs:fe] - vs]
         labels = [pack.labels[fs:fe]]
         lengths = [pack.face_len[fs:fe]]
         det_parent = [pack.det_parent[ds:de] - fs]
         det_base = [pack.det_color[ds:de]]
-        zl = _in_view(pack.cx[i0:i1], pack.cz[i0:i1], pack.radius[i0:i1], c, world.ego[k, 2], self._tan_half_fov,
-                      reach * 1.4)
+        zl = _in_view(pack.cx[i0:i1], pack.cz[i0:i1], pack.radius[i0:i1], c, yaw, self._tan_half_fov, reach * 1.4)
         keep = (zl > -1e9) & (pack.z0[i0:i1] <= cz + pack.reach[i0:i1] * reach)
+        bb_static = -rot @ c
         for i in (np.flatnonzero(keep) + i0).tolist():
             mesh = pack.meshes[i]
-            bb = None if mesh.billboards is None else mesh.billboards.centers @ rot.T + b_static
+            bb = None if mesh.billboards is None else mesh.billboards.centers @ rot.T + bb_static
             units.append(_Unit(mesh, int(pack.v_start[i] - vs), int(pack.f_start[i] - fs), int(pack.d_start[i] - ds),
                                bb, pack.footprints[i], -1, None))
         nv, nf, nd = int(ve - vs), int(fe - fs), int(de - ds)
-        # things: one transform per actor
         poses = self._poses[:, k]
-        zl = _in_view(poses[:, 0], poses[:, 1], self._radii, c, world.ego[k, 2], self._tan_half_fov, reach)
+        zl = _in_view(poses[:, 0], poses[:, 1], self._radii, c, yaw, self._tan_half_fov, reach)
         near = np.flatnonzero(zl > -1e9)
         # level of detail from the height on screen: full, fewer faces, or one box
         h_px = fy * self._heights[near] / np.maximum(zl[near], 0.5)
@@ -404,79 +456,89 @@ class SyntheticSequence:
                 mesh = model.far
             elif hp < 0.09 * H and model.lod is not None:
                 mesh = model.lod
-            r_obj = _rot_y(heading)
             if mesh.anims:
                 local, normals, centers = _animate(mesh, a.phase[k])
             else:
                 local, normals, centers = None, mesh.normals, mesh.centers
-            A = rot @ r_obj
-            b = rot @ (np.array([x, 0.0, z]) - c)
-            ax0, ax1, _, _, az0, az1 = mesh.aabb
-            corners = np.array([[ax0, 0, az0], [ax1, 0, az0], [ax0, 0, az1], [ax1, 0, az1]]) @ r_obj.T
-            fp = (x + corners[:, 0].min(), x + corners[:, 0].max(), z + corners[:, 2].min(), z + corners[:, 2].max())
-            pc = (mesh.verts if local is None else local) @ A.T + b
+            verts = mesh.verts if local is None else local
+            t = np.array([x, 0.0, z])
+            if heading == 0.0:  # most things drive along the street: no rotation needed
+                vw.append(verts + t)
+                nw.append(normals)
+                cw.append(centers + t)
+                ax0, ax1, _, _, az0, az1 = mesh.aabb
+                fp = (x + ax0, x + ax1, z + az0, z + az1)
+            else:
+                r_obj = _rot_y(heading)
+                vw.append(verts @ r_obj.T + t)
+                nw.append(normals @ r_obj.T)
+                cw.append(centers @ r_obj.T + t)
+                ax0, ax1, _, _, az0, az1 = mesh.aabb
+                corners = np.array([[ax0, 0, az0], [ax1, 0, az0], [ax0, 0, az1], [ax1, 0, az1]]) @ r_obj.T
+                fp = (x + corners[:, 0].min(), x + corners[:, 0].max(), z + corners[:, 2].min(),
+                      z + corners[:, 2].max())
             units.append(_Unit(mesh, nv, nf, nd, None, fp, ai, local))
-            verts.append(pc)
-            n_cam.append(normals @ A.T)
-            c_cam.append(centers @ A.T + b)
-            n_world.append(normals @ r_obj.T)
             base.append(mesh.colors)
             pads.append(mesh.face_pad + nv)
-            labels.append((mesh.classes << _CLASS_SHIFT) | mesh.tracks)
+            labels.append(_face_labels(mesh))
             lengths.append(_face_lengths(mesh))
             if mesh.details:
-                det_parent.append(np.array([d.parent for d in mesh.details]) + nf)
-                det_base.append(np.stack([d.color for d in mesh.details]))
-            nv += len(pc)
+                det_parent.append(_detail_parents(mesh) + nf)
+                det_base.append(_detail_colors(mesh))
+            nv += len(verts)
             nf += len(mesh.faces)
             nd += len(mesh.details)
-        V = np.concatenate(verts)
-        C = np.concatenate(c_cam)
-        N = np.concatenate(n_cam)
+        V = (np.concatenate(vw) - c) @ rot.T
+        NW = np.concatenate(nw)
+        C = (np.concatenate(cw) - c) @ rot.T
+        N = NW @ rot.T
         pad = np.concatenate(pads)
-        front = np.einsum("ij,ij->i", N, C) < 0
         z = V[:, 2]
-        near_cut = z[pad].min(axis=1) < NEAR_M if len(pad) else np.zeros(0, bool)
+        front_idx = np.flatnonzero(np.einsum("ij,ij->i", N, C) < 0)
+        fpad = pad[front_idx]
+        cut = z[fpad].min(axis=1) < NEAR_M if len(fpad) else np.zeros(0, bool)
         uv16 = self._project16(cam, V) if len(V) else np.zeros((0, 2), np.int32)
+        fpts = uv16[fpad]
+        lens = np.concatenate(lengths)[front_idx].tolist()
+        pts = [None if cj else fpts[j, :n] for j, (n, cj) in enumerate(zip(lens, cut.tolist()))]
+        lab_front = np.concatenate(labels)[front_idx]
         colors = detail_colors = None
         if draw_image and len(C):
             dist = np.sqrt(np.einsum("ij,ij->i", C, C))
-            NW = np.concatenate(n_world)
-            colors = shade.faces(np.concatenate(base), NW, dist).tolist()
+            colors = shade.faces(np.concatenate(base)[front_idx], NW[front_idx], dist[front_idx]).tolist()
             par = np.concatenate(det_parent)
             if len(par):
                 detail_colors = shade.faces(np.concatenate(det_base), NW[par], dist[par]).tolist()
-        lab_all = np.concatenate(labels)
-        geo = _FrameGeometry(V, uv16, pad, uv16[pad], np.concatenate(lengths).tolist(), front, near_cut.tolist(),
-                             lab_all.tolist(), (lab_all & _TRACK_MASK).tolist(), colors, detail_colors)
+        geo = _FrameGeometry(V, uv16, front_idx.tolist(), list(fpad), pts, lab_front.tolist(),
+                             (lab_front & _TRACK_MASK).tolist(), colors, detail_colors)
         if not units:
             return [], geo
-        # per-unit screen boxes, depth and near-plane crossing, by segment reductions
-        kept: list[_Unit] = []
+        # per-unit front-face ranges, screen boxes, depth and near-plane crossing, by segment reductions
         vstarts = np.array([u.v0 for u in units])
         fstarts = np.array([u.f0 for u in units])
-        has_v = np.diff(np.append(vstarts, len(V))) > 0
+        fa = np.searchsorted(front_idx, fstarts).tolist()
+        fb = np.searchsorted(front_idx, np.append(fstarts[1:], nf)).tolist()
+        has_v = (np.diff(np.append(vstarts, len(V))) > 0).tolist()
         counts = np.diff(np.append(fstarts, len(C)))
         safe_v = np.minimum(vstarts, max(len(V) - 1, 0))
         safe_f = np.minimum(fstarts, max(len(C) - 1, 0))
         if len(V):
             uvf = uv16 / _ONE
-            lo = np.minimum.reduceat(uvf, safe_v, axis=0)
-            hi = np.maximum.reduceat(uvf, safe_v, axis=0)
-            zmin = np.minimum.reduceat(z, safe_v)
-            zmax = np.maximum.reduceat(z, safe_v)
-            depth = np.linalg.norm(np.add.reduceat(C, safe_f, axis=0) / np.maximum(counts, 1)[:, None], axis=1)
+            lo = np.minimum.reduceat(uvf, safe_v, axis=0).tolist()
+            hi = np.maximum.reduceat(uvf, safe_v, axis=0).tolist()
+            zmin = np.minimum.reduceat(z, safe_v).tolist()
+            zmax = np.maximum.reduceat(z, safe_v).tolist()
+            depth = np.linalg.norm(np.add.reduceat(C, safe_f, axis=0) / np.maximum(counts, 1)[:, None],
+                                   axis=1).tolist()
         intr = cam.intrinsics
-        if len(V):
-            lo_l, hi_l, zmin_l, zmax_l, depth_l = lo.tolist(), hi.tolist(), zmin.tolist(), zmax.tolist(), depth.tolist()
-        has_l = has_v.tolist()
+        kept: list[_Unit] = []
         for i, u in enumerate(units):
-            if has_l[i]:
-                u0, v0 = lo_l[i]
-                u1, v1 = hi_l[i]
-                crosses = zmin_l[i] < NEAR_M
-                top_z = zmax_l[i]
-                dep = depth_l[i]
+            if has_v[i]:
+                u0, v0 = lo[i]
+                u1, v1 = hi[i]
+                crosses = zmin[i] < NEAR_M
+                top_z = zmax[i]
+                dep = depth[i]
             else:
                 u0 = v0 = 1e9
                 u1 = v1 = -1e9
@@ -499,10 +561,11 @@ class SyntheticSequence:
                     u.bb_colors = shade.billboards(u.mesh.billboards.colors, np.linalg.norm(u.bb, axis=1)).tolist()
             if top_z < NEAR_M or u1 < -1 or v1 < -1 or u0 > W or v0 > H:
                 continue
-            u.screen = (float(u0), float(v0), float(u1), float(v1))
+            u.screen = (u0, v0, u1, v1)
             u.depth = dep
             u.crosses_near = crosses
             u.small = (u1 - u0) < 16 and (v1 - v0) < 16
+            u.fa, u.fb = fa[i], fb[i]
             kept.append(u)
         return kept, geo
 
@@ -524,25 +587,31 @@ class SyntheticSequence:
             allp = np.concatenate(plist)
             lo = allp.min(axis=0) // _ONE - 1
             hi = allp.max(axis=0) // _ONE + 2
-            # the whole (unclipped) silhouette decides whether the thing is big enough to be labelled
+            # the whole (unclipped) silhouette decides whether the thing is big enough to be labelled:
+            # the sum of its polygons' areas bounds the silhouette's area from above
             full_w, full_h = int(hi[0] - lo[0]), int(hi[1] - lo[1])
             tiny = False
             if full_w * full_h < 4 * min_area:
-                buf = np.zeros((full_h, full_w), np.uint8)
-                off = (lo * _ONE).astype(np.int32)
-                for p in plist:
-                    cv2.fillConvexPoly(buf, p - off, 1, _LINE, _SHIFT)
-                tiny = int(cv2.countNonZero(buf)) < min_area
+                if sum(abs(cv2.contourArea(p)) for p in plist) / (_ONE * _ONE) < min_area:
+                    tiny = True
+                else:
+                    buf = np.zeros((full_h, full_w), np.uint8)
+                    off = (lo * _ONE).astype(np.int32)
+                    for p in plist:
+                        cv2.fillConvexPoly(buf, p - off, 1, _LINE, _SHIFT)
+                    tiny = int(cv2.countNonZero(buf)) < min_area
             x0, y0 = max(0, int(lo[0])), max(0, int(lo[1]))
             x1, y1 = min(W, int(hi[0])), min(H, int(hi[1]))
             if x1 <= x0 or y1 <= y0:
                 continue
             sub_inst = inst[y0:y1, x0:x1]
-            mine = sub_inst == tid
+            mine = cv2.compare(sub_inst, tid, cv2.CMP_EQ)
+            area = int(cv2.countNonZero(mine))
             if tiny:
-                if mine.any():
-                    sem[y0:y1, x0:x1][mine] = VOID
-                    sub_inst[mine] = 0
+                if area:
+                    m = mine > 0
+                    sem[y0:y1, x0:x1][m] = VOID
+                    sub_inst[m] = 0
                 continue
             alone = np.zeros((y1 - y0, x1 - x0), np.uint8)
             off = np.array([x0 * _ONE, y0 * _ONE], np.int32)
@@ -551,14 +620,12 @@ class SyntheticSequence:
             alone_px = int(cv2.countNonZero(alone))
             if alone_px == 0:
                 continue
-            area = int(np.count_nonzero(mine))
-            rows = np.flatnonzero(alone.any(axis=1))
-            cols = np.flatnonzero(alone.any(axis=0))
-            box = (float(x0 + cols[0]), float(y0 + rows[0]), float(x0 + cols[-1] + 1), float(y0 + rows[-1] + 1))
+            bx, by, bw, bh = cv2.boundingRect(alone)
+            box = (float(x0 + bx), float(y0 + by), float(x0 + bx + bw), float(y0 + by + bh))
             frac = area / alone_px
             occluder = 0
             if frac < 0.5:
-                hidden = sub_inst[(alone > 0) & ~mine]
+                hidden = sub_inst[(alone > 0) & (mine == 0)]
                 if hidden.size:
                     vals, counts = np.unique(hidden, return_counts=True)
                     occluder = int(vals[np.argmax(counts)])
@@ -628,10 +695,16 @@ class _Shade:
         col = base * (lam * self.gain) * (1.0 - f[:, None]) + self.fog * f[:, None]
         return np.clip(col, 0.0, 255.0)
 
-    def ground(self, base, dist: float) -> tuple[float, float, float]:
-        f = 1.0 - math.exp(-dist / self.fog_d)
-        col = np.clip(np.asarray(base) * self.ground_lam * self.gain * (1.0 - f) + self.fog * f, 0.0, 255.0)
-        return (float(col[0]), float(col[1]), float(col[2]))
+    def ground_many(self, base: np.ndarray, dist: np.ndarray, diagonal_from: int | None = None) -> np.ndarray:
+        """Ground colours: (G, 3) bases at (D,) distances -> (G, D, 3); with ``diagonal_from`` set,
+        base i is seen at distance ``dist[diagonal_from + i]`` only -> (G, 3)."""
+        if diagonal_from is not None:
+            f = 1.0 - np.exp(-dist[diagonal_from:diagonal_from + len(base)] / self.fog_d)
+            col = base * (self.ground_lam * self.gain) * (1.0 - f[:, None]) + self.fog * f[:, None]
+        else:
+            f = 1.0 - np.exp(-dist / self.fog_d)
+            col = base[:, None, :] * (self.ground_lam * self.gain) * (1.0 - f[None, :, None]) + self.fog * f[None, :, None]
+        return np.clip(col, 0.0, 255.0)
 
 
 def _in_view(x: np.ndarray, z: np.ndarray, radius: np.ndarray, c: np.ndarray, yaw: float, tan_half_fov: float,
@@ -707,36 +780,33 @@ def _paint_order(units: list[_Unit], c: np.ndarray) -> list[int]:
 def _draw_unit(u: _Unit, geo: _FrameGeometry, img, lab, polys: dict[int, list[np.ndarray]],
                draw_image: bool, k4: tuple[float, float, float, float]) -> None:
     mesh = u.mesh
-    details_by_parent = _details_by_parent(mesh) if draw_image and not u.small else {}
-    f0 = u.f0
-    front = np.flatnonzero(geo.front[f0:f0 + len(mesh.faces)])
-    face_pts, face_len, near_cut = geo.face_pts, geo.face_len, geo.near_cut
-    labels, tracks, colors = geo.labels, geo.tracks, geo.colors
+    details_by_parent = _details_by_parent(mesh) if draw_image and not u.small else None
+    all_pts, labels, tracks, colors = geo.pts, geo.labels, geo.tracks, geo.colors
     fill = cv2.fillConvexPoly
-    for fl in front.tolist():
-        g = f0 + fl
-        if near_cut[g]:
-            poly = _clip_near(geo.cam[geo.face_pad[g]])
+    for j in range(u.fa, u.fb):
+        pts = all_pts[j]
+        if pts is None:
+            poly = _clip_near(geo.cam[geo.pad[j]])
             if len(poly) < 3:
                 continue
             pts = _project_clipped(poly, k4)
-        else:
-            pts = face_pts[g, :face_len[g]]
         if draw_image:
-            fill(img, pts, colors[g], _LINE, _SHIFT)
-        fill(lab, pts, labels[g], _LINE, _SHIFT)
-        tid = tracks[g]
+            fill(img, pts, colors[j], _LINE, _SHIFT)
+        fill(lab, pts, labels[j], _LINE, _SHIFT)
+        tid = tracks[j]
         if tid:
             polys.setdefault(tid, []).append(pts)
-        if fl in details_by_parent:
-            for gi in details_by_parent[fl]:
-                vidx = mesh.details[gi].vidx + u.v0
-                if u.crosses_near:
-                    keep = geo.cam[vidx, 2].min(axis=1) >= NEAR_M
-                    if not keep.any():
-                        continue
-                    vidx = vidx[keep]
-                cv2.fillPoly(img, geo.uv16[vidx], geo.detail_colors[u.d0 + gi], _LINE, _SHIFT)
+        if details_by_parent:
+            fl = geo.face[j] - u.f0
+            if fl in details_by_parent:
+                for gi in details_by_parent[fl]:
+                    vidx = mesh.details[gi].vidx + u.v0
+                    if u.crosses_near:
+                        keep = geo.cam[vidx, 2].min(axis=1) >= NEAR_M
+                        if not keep.any():
+                            continue
+                        vidx = vidx[keep]
+                    cv2.fillPoly(img, geo.uv16[vidx], geo.detail_colors[u.d0 + gi], _LINE, _SHIFT)
     bbx = mesh.billboards
     if bbx is not None and u.bb is not None:
         cz = u.bb[:, 2]
@@ -760,6 +830,27 @@ def _project_clipped(poly: np.ndarray, k4: tuple[float, float, float, float]) ->
     fx, fy, cx, cy = k4
     uv = np.stack([fx * poly[:, 0] / poly[:, 2] + cx, fy * poly[:, 1] / poly[:, 2] + cy], 1)
     return np.round(uv * _ONE).astype(np.int32)
+
+
+def _face_labels(mesh: Mesh) -> np.ndarray:
+    cached = mesh.__dict__.get("_face_labels")
+    if cached is None:
+        cached = mesh.__dict__["_face_labels"] = (mesh.classes << _CLASS_SHIFT) | mesh.tracks
+    return cached
+
+
+def _detail_parents(mesh: Mesh) -> np.ndarray:
+    cached = mesh.__dict__.get("_detail_parents")
+    if cached is None:
+        cached = mesh.__dict__["_detail_parents"] = np.array([d.parent for d in mesh.details], dtype=np.int64)
+    return cached
+
+
+def _detail_colors(mesh: Mesh) -> np.ndarray:
+    cached = mesh.__dict__.get("_detail_colors")
+    if cached is None:
+        cached = mesh.__dict__["_detail_colors"] = np.stack([d.color for d in mesh.details])
+    return cached
 
 
 def _face_lengths(mesh: Mesh) -> np.ndarray:

@@ -295,7 +295,7 @@ def make_rain(rng: np.random.Generator, height: int, width: int, strength: float
 GRAIN_BY_CLASS = {
     0: 22,   # road: fine asphalt speckle
     1: 30,   # sidewalk
-    2: 22,   # building
+    2: 14,   # building
     3: 34,   # wall
     4: 26,   # fence
     5: 8,    # pole

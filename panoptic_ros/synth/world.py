@@ -57,7 +57,7 @@ class SynthConfig:
     pedestrian_density: float = 1.0
     occlusion_events_per_100_frames: float = 1.5  # scripted full occlusions behind buses/trucks
     view_distance_m: float = 170.0  # things and props farther than this are not drawn
-    min_thing_area_px_at_256x512: float = 100.0  # smaller (unoccluded) things are labelled void
+    min_thing_area_px_at_256x512: float = 150.0  # smaller (unoccluded) things are labelled void
     fog_probability: float = 0.15
     rain_probability: float = 0.12
     overcast_probability: float = 0.33
