@@ -25,7 +25,8 @@ def generate_launch_description() -> LaunchDescription:
             default_value=PathJoinSubstitution([FindPackageShare("panoptic_ros"), "config", "panoptic_ros.yaml"]),
             description="ROS 2 params file (all parameters: config/panoptic_ros.yaml)"),
         DeclareLaunchArgument("model_path", default_value="",
-                              description="Model .safetensors (its .json card beside it); empty = the shipped demo model"),
+                              description="Model .safetensors (its .json card beside it); "
+                                          "empty = the shipped demo model"),
         DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda or cuda:N"),
         DeclareLaunchArgument("input_transport", default_value="raw",
                               description="raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage)"),

@@ -27,7 +27,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("params_file", default_value=cameras,
                               description="Camera list and overrides, applied over config/panoptic_ros.yaml"),
         DeclareLaunchArgument("model_path", default_value="",
-                              description="Model .safetensors (its .json card beside it); empty = the shipped demo model"),
+                              description="Model .safetensors (its .json card beside it); "
+                                          "empty = the shipped demo model"),
         DeclareLaunchArgument("device", default_value="auto", description="auto, cpu, cuda or cuda:N"),
         DeclareLaunchArgument("input_transport", default_value="raw",
                               description="raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage)"),

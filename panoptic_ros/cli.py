@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # (sub-command, module that registers it)
@@ -45,6 +46,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Sleep instead of spinning while waiting for OpenMP work: on a shared
+    # 2-core machine spinning threads made training ~10x slower under load.
+    # Must be set before torch loads (sub-command modules import it).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     # Import only the module of the chosen sub-command (torch and friends load slowly).
     chosen = next((a for a in argv if not a.startswith("-")), None)

@@ -11,6 +11,7 @@ import math
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -106,7 +107,7 @@ class Probe:
     def __init__(self, domain_id: int) -> None:
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node("panoptic_node_test_probe", context=self.context)
+        self.node = rclpy.create_node(f"panoptic_node_test_probe_{uuid.uuid4().hex[:8]}", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -402,8 +403,8 @@ def test_three_times_the_processing_rate_keeps_latency_bounded_and_counts_drops(
     assert d["frames_dropped"] >= len(sent) // 3, (d, period_s)
     # Newest-wins: a frame waits at most one cycle, so latency stays near two processing times
     # (a queue would grow it to tens of periods by the end of the flood).
-    assert last.processing_time_s < 4 * period_s + 0.3, (latencies, period_s)
-    assert float(np.median(latencies)) < 3 * period_s + 0.2, (latencies, period_s)
+    assert last.processing_time_s < 3.5 * period_s + 0.2, (latencies, period_s)
+    assert float(np.median(latencies)) < 2.5 * period_s + 0.1, (latencies, period_s)
     print(f"flood: period {period_s * 1e3:.0f} ms, latencies {[round(x * 1e3) for x in latencies]} ms, {d}")
 
 

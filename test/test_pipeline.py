@@ -324,7 +324,8 @@ class GroundTruthPredictor:
             classes.append(int(np.bincount(f.semantic[ys, xs]).argmax()))
         n = len(self.ids)
         return [PanopticResult(class_map=f.semantic.copy(), instance_map=inst, classes=np.array(classes, np.int64),
-                               scores=np.full(n, 0.99, np.float32), boxes_xyxy=np.array(boxes, np.float32).reshape(n, 4),
+                               scores=np.full(n, 0.99, np.float32),
+                               boxes_xyxy=np.array(boxes, np.float32).reshape(n, 4),
                                embeddings=np.zeros((n, 0), np.float32))]
 
 
@@ -340,9 +341,8 @@ def test_positions_match_the_generators_ground_truth():
         for k in range(0, 30, 5):
             frame = seq.render(k)
             m = frame.camera.mounting
-            pipe.set_params(build(NodeParams, {"mount.height_m": m.height_m, "mount.pitch_deg": math.degrees(m.pitch_rad),
-                                               **{f"tracker.{k2}": v for k2, v in vars(PERMISSIVE_TRACKER).items()
-                                                  if k2 != "compatible_classes"}}))
+            mount = CameraMountParams(height_m=m.height_m, pitch_deg=math.degrees(m.pitch_rad), per_camera=[])
+            pipe.set_params(NodeParams(tracker=PERMISSIVE_TRACKER, mount=mount))
             predictor.frame = frame
             out = pipe.process([CameraFrame(f"seq{seed}", frame.image, frame.stamp_ns * 1e-9,
                                             frame.camera.intrinsics)])[0]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -151,6 +150,10 @@ class Receiver:
                 with self.lock:
                     self.diag.update({f"model.{kv.key}": kv.value for kv in s.values})
 
+    def reset_diagnostics(self) -> None:
+        with self.lock:
+            self.diag = {}
+
     def take(self) -> tuple[list[tuple[float, float, float]], dict[str, str]]:
         with self.lock:
             records, self.records = self.records, []
@@ -170,7 +173,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_one(receiver: Receiver, node_pid: int, transport: str, size: str, args: argparse.Namespace) -> RunResult:
-    receiver.take()
+    time.sleep(2 * args.diagnostics_period_s)  # a diagnostics message of this node, after the last run
     diag_before = receiver.take()[1]
     cpu0, t0 = cpu_seconds(node_pid), time.monotonic()
     pub = subprocess.Popen([sys.executable, __file__, "--publish", "--transport", transport, "--size", size,
@@ -233,6 +236,7 @@ def bench(args: argparse.Namespace) -> int:
                 stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
             try:
                 receiver.ready.clear()
+                receiver.reset_diagnostics()
                 if not receiver.ready.wait(120):
                     print(f"node did not start; log in {log.name}", file=sys.stderr)
                     return 1

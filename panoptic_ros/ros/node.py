@@ -129,8 +129,8 @@ class PanopticNode(Node):
                           clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._worker = threading.Thread(target=self._work, name="panoptic_worker", daemon=True)
         self._worker.start()
-        input_topics = ", ".join(c.topic(topics.IMAGE_COMPRESSED if p.input_transport == "compressed" else topics.IMAGE_RAW)
-                           for c in self.cameras)
+        image_topic = topics.IMAGE_COMPRESSED if p.input_transport == "compressed" else topics.IMAGE_RAW
+        input_topics = ", ".join(c.topic(image_topic) for c in self.cameras)
         log.info(f"ready: model {self.model_id} on {self.device} ({self.precision}); inputs {input_topics} "
                  f"({qos.describe(in_qos)}); inference {'enabled' if self._enabled else 'disabled'}")
 

@@ -84,7 +84,7 @@ class _FrameGeometry:
     cam: np.ndarray  # (V, 3) vertices, optical frame
     uv16: np.ndarray  # (V, 2) int32 pixel coordinates << _SHIFT
     face: list  # frame index of each front face
-    pad: list  # (K,) vertex indices of each front face (for near-plane clipping)
+    pad: np.ndarray  # (F_front, K) vertex indices of each front face (for near-plane clipping)
     pts: list  # int32 (k, 2) polygon of each front face, None where it must be clipped first
     labels: list  # class_id << 24 | track_id
     tracks: list
@@ -277,7 +277,7 @@ class SyntheticSequence:
         if draw_image:
             self._draw_shadows(cam, rot, c, img, units)
         polys: dict[int, list[np.ndarray]] = {}
-        k4 = (cam.intrinsics.fx, cam.intrinsics.fy, cam.intrinsics.cx, cam.intrinsics.cy)
+        k4 = _k4(cam)
         for i in _paint_order(units, c):
             _draw_unit(units[i], geo, img, lab, polys, draw_image, k4)
         sem = (lab >> _CLASS_SHIFT).astype(np.uint8)
@@ -347,7 +347,7 @@ class SyntheticSequence:
                 poly = _clip_near(qc[j])
                 if len(poly) < 3:
                     continue
-                pts = self._project16(cam, poly)
+                pts = _project_clipped(poly, _k4(cam))
             else:
                 pts = uv16[j]
             if gi >= 0:
@@ -368,6 +368,7 @@ class SyntheticSequence:
         look = self.world.look
         sun = np.asarray(look.sun_dir)
         H = self.config.height
+        k4 = _k4(cam)
         polys = []
         for u in units:
             if u.actor < 0 or u.depth > 70.0:
@@ -389,7 +390,7 @@ class SyntheticSequence:
                 pc = _clip_near(pc)
                 if len(pc) < 3:
                     continue
-            polys.append(self._project16(cam, pc))
+            polys.append(_project_clipped(pc, k4))
         if not polys:
             return
         lo = max(0, int(min(p[:, 1].min() for p in polys) // _ONE))
@@ -509,7 +510,7 @@ class SyntheticSequence:
             par = np.concatenate(det_parent)
             if len(par):
                 detail_colors = shade.faces(np.concatenate(det_base), NW[par], dist[par]).tolist()
-        geo = _FrameGeometry(V, uv16, front_idx.tolist(), list(fpad), pts, lab_front.tolist(),
+        geo = _FrameGeometry(V, uv16, front_idx.tolist(), fpad, pts, lab_front.tolist(),
                              (lab_front & _TRACK_MASK).tolist(), colors, detail_colors)
         if not units:
             return [], geo
@@ -823,6 +824,11 @@ def _draw_unit(u: _Unit, geo: _FrameGeometry, img, lab, polys: dict[int, list[np
             if draw_image:
                 cv2.fillPoly(img, [pts], u.bb_colors[i], _LINE, _SHIFT)
             cv2.fillPoly(lab, [pts], value, _LINE, _SHIFT)
+
+
+def _k4(cam: CameraModel) -> tuple[float, float, float, float]:
+    k = cam.intrinsics
+    return (k.fx, k.fy, k.cx, k.cy)
 
 
 def _project_clipped(poly: np.ndarray, k4: tuple[float, float, float, float]) -> np.ndarray:
