@@ -333,6 +333,10 @@ def test_outputs_carry_the_input_header_and_ids_agree_with_the_objects(graph):
     frame_indices = [m.frame_index for m in graph.objects["front"].items]
     assert frame_indices == sorted(frame_indices) and len(set(frame_indices)) == len(frame_indices)
     assert seen > 0 and positioned > 0
+    model = graph.diag.values("panoptic_node: model", lambda v: int(v["batches"]) >= 4)
+    assert model["model_id"] == graph.class_info.items[0].model_id and model["device"] == "cpu"
+    assert float(model["network_ms_p50"]) > 0 and float(model["tracking_ms_p50"]) > 0
+    assert float(model["decode_ms_p50"]) > 0 and float(model["rss_mb"]) > 100
 
 
 @pytest.mark.timeout(90)

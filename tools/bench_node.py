@@ -45,6 +45,7 @@ class RunResult:
     latency_p50_ms: float
     latency_p99_ms: float
     node_p50_ms: float  # processing_time_s reported by the node (frame received -> objects published)
+    node_received: int  # frames that reached the node (best-effort DDS may lose large frames)
     dropped: int  # frames the node replaced before processing (newest-wins)
     node_cpu_pct: float  # node process CPU time / wall time (100 = one core)
     node_rss_mb: float
@@ -71,8 +72,9 @@ def make_frames(height: int, width: int, count: int = 8) -> list[np.ndarray]:
 def publish(args: argparse.Namespace) -> int:
     import cv2
     import rclpy
-    from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image
+
+    from panoptic_ros.ros.qos import input_qos
 
     h, w = (int(v) for v in args.size.split("x"))
     frames = make_frames(h, w)
@@ -82,10 +84,10 @@ def publish(args: argparse.Namespace) -> int:
         msgs = [CompressedImage(format="jpeg", data=cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR),
                                                                    [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
                 for f in frames]
-        pub = node.create_publisher(CompressedImage, "image/compressed", qos_profile_sensor_data)
+        pub = node.create_publisher(CompressedImage, "image/compressed", input_qos(args.input_qos))
     else:
         msgs = [Image(height=h, width=w, encoding="rgb8", step=3 * w, data=f.tobytes()) for f in frames]
-        pub = node.create_publisher(Image, "image", qos_profile_sensor_data)
+        pub = node.create_publisher(Image, "image", input_qos(args.input_qos))
     deadline = time.monotonic() + 20
     while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -177,7 +179,7 @@ def run_one(receiver: Receiver, node_pid: int, transport: str, size: str, args: 
     diag_before = receiver.take()[1]
     cpu0, t0 = cpu_seconds(node_pid), time.monotonic()
     pub = subprocess.Popen([sys.executable, __file__, "--publish", "--transport", transport, "--size", size,
-                            "--rate", str(args.rate), "--seconds", str(args.seconds)],
+                            "--rate", str(args.rate), "--seconds", str(args.seconds), "--input-qos", args.input_qos],
                            stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     out, _ = pub.communicate(timeout=args.seconds + 120)
     time.sleep(max(1.5, 2 * args.diagnostics_period_s))  # last outputs and one diagnostics period
@@ -188,12 +190,14 @@ def run_one(receiver: Receiver, node_pid: int, transport: str, size: str, args: 
     proc = np.array([r[2] for r in records]) * 1e3
     span = (records[-1][0] - records[0][0]) if len(records) > 1 else float("nan")
     dropped = int(diag.get("frames_dropped", 0)) - int(diag_before.get("frames_dropped", 0))
+    node_received = int(diag.get("frames_received", 0)) - int(diag_before.get("frames_received", 0))
     return RunResult(
         transport=transport, size=size, rate_hz=args.rate, sent=sent["sent"], sent_hz=sent["sent"] / sent["seconds"],
         received=len(records), out_hz=(len(records) - 1) / span if len(records) > 1 else 0.0,
         latency_p50_ms=float(np.percentile(lat, 50)) if lat.size else float("nan"),
         latency_p99_ms=float(np.percentile(lat, 99)) if lat.size else float("nan"),
-        node_p50_ms=float(np.percentile(proc, 50)) if proc.size else float("nan"), dropped=dropped,
+        node_p50_ms=float(np.percentile(proc, 50)) if proc.size else float("nan"), node_received=node_received,
+        dropped=dropped,
         node_cpu_pct=100.0 * (cpu1 - cpu0) / (t1 - t0), node_rss_mb=float(diag.get("model.rss_mb", "nan")))
 
 
@@ -232,7 +236,7 @@ def bench(args: argparse.Namespace) -> int:
             node = subprocess.Popen(
                 [str(REPO / ".venv" / "bin" / "panoptic_node"), "--ros-args", "-p", f"model.path:={model}",
                  "-p", f"model.device:={args.device}", "-p", f"input_transport:={transport}",
-                 "-p", f"diagnostics_period_s:={args.diagnostics_period_s}"],
+                 "-p", f"diagnostics_period_s:={args.diagnostics_period_s}", "-p", f"input_qos:={args.input_qos}"],
                 stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
             try:
                 receiver.ready.clear()
@@ -261,14 +265,16 @@ def bench(args: argparse.Namespace) -> int:
 
 def print_table(results: list[RunResult], model: Path, args: argparse.Namespace) -> None:
     print(f"\npanoptic_node through DDS (Fast DDS, localhost), model {model.name}, device {args.device}, "
-          f"{os.cpu_count()} CPUs; input {args.rate:g} Hz for {args.seconds:g} s; median of {args.repeat} runs")
+          f"{os.cpu_count()} CPUs; input {args.rate:g} Hz ({args.input_qos} QoS) for {args.seconds:g} s; "
+          f"median of {args.repeat} runs")
     header = ("| transport | size (HxW) | sent Hz | out Hz | latency p50 ms | latency p99 ms | node p50 ms | "
-              "dropped | node CPU % | node RSS MB |")
+              "sent / reached node / dropped by node | node CPU % | node RSS MB |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for r in results:
         print(f"| {r.transport} | {r.size} | {r.sent_hz:.1f} | {r.out_hz:.1f} | {r.latency_p50_ms:.0f} | "
-              f"{r.latency_p99_ms:.0f} | {r.node_p50_ms:.0f} | {r.dropped}/{r.sent} | {r.node_cpu_pct:.0f} | "
+              f"{r.latency_p99_ms:.0f} | {r.node_p50_ms:.0f} | {r.sent} / {r.node_received} / {r.dropped} | "
+              f"{r.node_cpu_pct:.0f} | "
               f"{r.node_rss_mb:.0f} |")
 
 
@@ -284,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="length of one run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (the median is shown)")
     parser.add_argument("--transport", choices=("raw", "compressed", "both"), default="both")
+    parser.add_argument("--input-qos", choices=("SENSOR_DATA", "DEFAULT"), default="SENSOR_DATA",
+                        help="QoS of the image topic on both sides (the node's input_qos)")
     parser.add_argument("--diagnostics-period-s", type=float, default=0.5)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--publish", action="store_true", help=argparse.SUPPRESS)

@@ -153,6 +153,10 @@ class Workspace:
             self._buffers[name] = buf
         return buf[:size]
 
+    def __getstate__(self) -> dict:
+        """Scratch space does not travel: a pickled accumulator (sent to another process) carries no buffers."""
+        return {"_buffers": {}}
+
 
 @dataclass(frozen=True)
 class PairCodes:
@@ -581,6 +585,12 @@ class MIoUAccumulator:
         self.confusion += np.bincount(joint, weights=overlap.counts[valid],
                                       minlength=c * (c + 1)).astype(np.int64).reshape(c, c + 1)
 
+    def merge(self, other: "MIoUAccumulator") -> None:
+        """Add the images another accumulator (same class table) has seen, e.g. another bag's."""
+        if other.class_table != self.class_table:
+            raise ValueError("cannot merge mIoU accumulators of different class tables")
+        self.confusion += other.confusion
+
     def result(self) -> MIoUResult:
         c = len(self.class_table)
         tp = np.diag(self.confusion[:, :c]).astype(np.float64)
@@ -619,6 +629,15 @@ class PQAccumulator:
         self.miou.add_overlap(overlap)
         self.num_images += 1
         return counts
+
+    def merge(self, other: "PQAccumulator") -> None:
+        """Add the images another accumulator (same class table) has seen: counts are sums over images, so
+        accumulating parts (bags, processes) and merging them in a fixed order gives a reproducible total."""
+        if other.class_table != self.class_table:
+            raise ValueError("cannot merge PQ accumulators of different class tables")
+        self.counts += other.counts
+        self.miou.merge(other.miou)
+        self.num_images += other.num_images
 
     def result(self) -> PQResult:
         return PQResult.from_counts(self.counts, self.class_table, self.num_images, self.miou.result())

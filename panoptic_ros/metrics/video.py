@@ -39,6 +39,7 @@ STQ, mirroring deeplab2's ``evaluation/numpy/segmentation_and_tracking_quality.p
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections import OrderedDict, deque
@@ -144,6 +145,23 @@ class VPQAccumulator:
         """Add a whole sequence of (gt_semantic, gt_instance, pred_semantic, pred_instance) frames."""
         for gs, gi, ps, pi in frames:
             self.add(gs, gi, ps, pi, sequence_id=sequence_id)
+
+    def merge(self, other: "VPQAccumulator") -> None:
+        """Add another accumulator's windows (same classes and window sizes; its sequences must be new here).
+
+        Windows never span sequences, so the per-class counts of disjoint
+        sequence sets simply add up.
+        """
+        if other.class_table != self.class_table or other.window_sizes != self.window_sizes:
+            raise ValueError("cannot merge VPQ accumulators of different class tables or window sizes")
+        shared = set(self._history) & set(other._history)
+        if shared:
+            raise ValueError(f"cannot merge VPQ accumulators that both hold sequence(s) {sorted(map(str, shared))}")
+        for k in self.window_sizes:
+            self._counts[k] += other._counts[k]
+            self._num_windows[k] += other._num_windows[k]
+        for seq, history in other._history.items():
+            self._history[seq] = deque(history, maxlen=history.maxlen)
 
     def result(self) -> VPQResult:
         per_window = tuple(PQResult.from_counts(self._counts[k], self.class_table, self._num_windows[k])
@@ -281,6 +299,20 @@ class STQAccumulator:
             gk = _track_keys(gb.present_class, gb.present_instance)[pair // n_p].tolist()
             pk = _track_keys(pb.present_class, pb.present_instance)[pair % n_p].tolist()
             _add_counts(stats.intersection, zip(gk, pk), counts)
+
+    def merge(self, other: "STQAccumulator") -> None:
+        """Append another accumulator's sequences (same class table; sequence ids must be new here).
+
+        The pooled STQ runs over sequences in insertion order, so merging
+        parts in a fixed order reproduces the same numbers every time.
+        """
+        if other.class_table != self.class_table:
+            raise ValueError("cannot merge STQ accumulators of different class tables")
+        shared = set(self._sequences) & set(other._sequences)
+        if shared:
+            raise ValueError(f"cannot merge STQ accumulators that both hold sequence(s) {sorted(map(str, shared))}")
+        for seq, stats in other._sequences.items():
+            self._sequences[seq] = copy.deepcopy(stats)
 
     def result(self) -> STQResult:
         c = len(self.class_table)

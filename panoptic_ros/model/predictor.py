@@ -54,11 +54,14 @@ class Predictor:
     def __init__(self, model: EfficientPS, card: ModelCard, device: str | torch.device = "auto",
                  precision: str = "auto", fusion: FusionSettings = FusionSettings(),
                  max_detections: int | None = None, rpn_post_nms_top_n: int | None = None,
-                 input_size: tuple[int, int] | None = None) -> None:
+                 input_size: tuple[int, int] | None = None, channels_last: bool = False) -> None:
         self.device = resolve_device(str(device))
+        self.channels_last = channels_last
         self.dtype = resolve_precision(precision, self.device)
         self.card = card
         self.model = model.to(self.device).eval()
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.fusion = fusion
         cfg = card.config
         self.input_size = input_size or (cfg.input_height, cfg.input_width)
@@ -109,6 +112,8 @@ class Predictor:
                 t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
             batch.append(t)
         x = self.model.normalize(torch.cat(batch))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         t1 = time.perf_counter()
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             raw = self.model.predict_normalized(x)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
+from panoptic_ros.pipeline import StageTimings
+
 # Counter keys; decode_errors.<kind> and qos_incompatible.<policy> carry a suffix.
 RECEIVED, PROCESSED, DROPPED, SKIPPED_DISABLED = "frames_received", "frames_processed", "frames_dropped", \
     "frames_skipped_disabled"
@@ -27,6 +29,7 @@ CLOCK_JUMPS, PROCESSING_ERRORS, CALLBACK_ERRORS = "clock_jumps", "processing_err
 ERROR_KEYS = (DECODE_ERRORS, QOS_INCOMPATIBLE, CAMERA_INFO_INVALID, CAMERA_INFO_UNMATCHED, CAMERA_INFO_SIZE,
               CLOCK_JUMPS, PROCESSING_ERRORS, CALLBACK_ERRORS)
 LATENCY_WINDOW = 1000  # frames the percentiles are taken over
+STAGES = ("decode", "preprocess", "network", "fusion", "tracking", "encode")  # StageTimings fields
 
 
 class CameraStats:
@@ -103,12 +106,15 @@ class DiagnosticsBuilder:
                                 hardware_id=camera, values=values)
 
     def model_status(self, model_id: str, device: str, precision: str, batches: int, frames: int,
-                     network_ms: np.ndarray) -> DiagnosticStatus:
+                     stages: list[StageTimings]) -> DiagnosticStatus:
+        """``stages``: the per-frame stage timings of recent frames (their medians are reported)."""
         rss, peak = process_memory_mb()
         values = [_kv("model_id", model_id), _kv("device", device), _kv("precision", precision),
-                  _kv("batches", batches), _kv("mean_batch_size", frames / batches if batches else 0.0),
-                  _kv("network_ms_p50", _percentile_ms(network_ms / 1e3, 50)), _kv("rss_mb", rss),
-                  _kv("peak_rss_mb", peak)]
+                  _kv("batches", batches), _kv("mean_batch_size", frames / batches if batches else 0.0)]
+        for stage in STAGES:
+            ms = np.array([getattr(t, f"{stage}_ms") for t in stages], dtype=np.float64)
+            values.append(_kv(f"{stage}_ms_p50", float(np.median(ms)) if ms.size else 0.0))
+        values += [_kv("rss_mb", rss), _kv("peak_rss_mb", peak)]
         values += [_kv(k, v) for k, v in cuda_memory_mb(device).items()]
         return DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{self.node_name}: model", message=model_id,
                                 hardware_id=device, values=values)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,7 @@ from visualization_msgs.msg import MarkerArray
 from panoptic_ros.model.checkpoint import CheckpointError
 from panoptic_ros.msg import PanopticClassInfo, PanopticObjectArray
 from panoptic_ros.params import NodeParams
-from panoptic_ros.pipeline import CameraFrame, FrameOutput, Pipeline, parse_mount_overrides
+from panoptic_ros.pipeline import CameraFrame, FrameOutput, Pipeline, StageTimings, parse_mount_overrides
 from panoptic_ros.ros import convert, diagnostics, parameters, qos, topics
 from panoptic_ros.ros.diagnostics import CameraStats, DiagnosticsBuilder
 from panoptic_ros.ros.inputs import CameraInfoHistory, FrameSlot, PendingFrame
@@ -107,7 +108,7 @@ class PanopticNode(Node):
         self._warn = LogThrottle(p.log_throttle_s, log.warning)
         self._batches = 0
         self._batched_frames = 0
-        self._network_ms: list[float] = []
+        self._stage_ms: deque[StageTimings] = deque(maxlen=diagnostics.LATENCY_WINDOW)
         self._rr = 0
         self._vision = convert.vision_msgs_available()
 
@@ -130,7 +131,7 @@ class PanopticNode(Node):
         self._worker = threading.Thread(target=self._work, name="panoptic_worker", daemon=True)
         self._worker.start()
         image_topic = topics.IMAGE_COMPRESSED if p.input_transport == "compressed" else topics.IMAGE_RAW
-        input_topics = ", ".join(c.topic(image_topic) for c in self.cameras)
+        input_topics = ", ".join(self._resolved(c.topic(image_topic)) for c in self.cameras)
         log.info(f"ready: model {self.model_id} on {self.device} ({self.precision}); inputs {input_topics} "
                  f"({qos.describe(in_qos)}); inference {'enabled' if self._enabled else 'disabled'}")
 
@@ -143,6 +144,7 @@ class PanopticNode(Node):
 
     def _create_ports(self, cam: CameraPorts, in_qos, stamp) -> None:
         p = self.params
+
         def on_sub(policy: str, n: int, c: CameraPorts = cam) -> None:
             self._on_incompatible(c, "subscription", policy, n)
 
@@ -231,7 +233,12 @@ class PanopticNode(Node):
         self._warn((cam.name, "qos", side, policy), hint)
 
     def _on_set_enabled(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-        result = self.set_parameters([Parameter("enabled", Parameter.Type.BOOL, bool(request.data))])[0]
+        """Goes through the parameter ``enabled``, so `ros2 param get` and the service always agree."""
+        try:
+            result = self.set_parameters([Parameter("enabled", Parameter.Type.BOOL, bool(request.data))])[0]
+        except Exception as exc:  # noqa: BLE001 - a service callback must answer, not raise
+            response.success, response.message = False, f"could not set enabled: {exc!r}"
+            return response
         response.success = bool(result.successful)
         response.message = ("inference " + ("enabled" if request.data else "disabled")) if result.successful \
             else result.reason
@@ -256,10 +263,10 @@ class PanopticNode(Node):
             now = time.monotonic()
             statuses = [self._diag.camera_status(c.name, c.stats, now, self._enabled) for c in self.cameras]
             with self._lock:
-                network = np.array(self._network_ms[-diagnostics.LATENCY_WINDOW:], dtype=np.float64)
+                stages = list(self._stage_ms)
                 batches, frames = self._batches, self._batched_frames
             statuses.append(self._diag.model_status(self.model_id, self.device, self.precision, batches, frames,
-                                                    network))
+                                                    stages))
             self._diag_pub.publish(self._diag.array(self.get_clock().now().to_msg(), statuses))
         except Exception as exc:  # noqa: BLE001
             self._warn(("diagnostics",), f"diagnostics failed: {exc!r}")
@@ -312,8 +319,7 @@ class PanopticNode(Node):
         with self._lock:
             self._batches += 1
             self._batched_frames += len(outputs)
-            self._network_ms += [o.timings.network_ms for o in outputs]
-            del self._network_ms[:-diagnostics.LATENCY_WINDOW]
+            self._stage_ms.extend(o.timings for o in outputs)
         for (cam, pending), output in zip(owners, outputs):
             try:
                 self._publish(cam, pending, output)

@@ -133,7 +133,7 @@ class _Pack:
         return cls(
             meshes, fps, z0, z1, (ab[:, 0] + ab[:, 1]) / 2, (ab[:, 4] + ab[:, 5]) / 2,
             np.hypot(ab[:, 1] - ab[:, 0], ab[:, 5] - ab[:, 4]) / 2 + 0.1,
-            np.where(big, 1.4, 0.7), float((z1 - z0).max()) if len(fps) else 0.0,
+            np.where(big, 1.4, 0.55), float((z1 - z0).max()) if len(fps) else 0.0,
             cat([m.verts for m in meshes], 3), cat([m.normals for m in meshes], 3),
             cat([m.centers for m in meshes], 3), cat([m.colors for m in meshes], 3),
             np.concatenate([m.face_pad + nv[i] for i, m in enumerate(meshes)]).astype(np.int64),
@@ -517,20 +517,20 @@ class SyntheticSequence:
         # per-unit front-face ranges, screen boxes, depth and near-plane crossing, by segment reductions
         vstarts = np.array([u.v0 for u in units])
         fstarts = np.array([u.f0 for u in units])
+        nfaces = np.array([len(u.mesh.faces) for u in units])
+        nverts = np.array([len(u.mesh.verts) for u in units])
         fa = np.searchsorted(front_idx, fstarts).tolist()
-        fb = np.searchsorted(front_idx, np.append(fstarts[1:], nf)).tolist()
-        has_v = (np.diff(np.append(vstarts, len(V))) > 0).tolist()
-        counts = np.diff(np.append(fstarts, len(C)))
-        safe_v = np.minimum(vstarts, max(len(V) - 1, 0))
-        safe_f = np.minimum(fstarts, max(len(C) - 1, 0))
+        fb = np.searchsorted(front_idx, fstarts + nfaces).tolist()
+        has_v = (nverts > 0).tolist()
+        counts = nfaces
         if len(V):
             uvf = uv16 / _ONE
-            lo = np.minimum.reduceat(uvf, safe_v, axis=0).tolist()
-            hi = np.maximum.reduceat(uvf, safe_v, axis=0).tolist()
-            zmin = np.minimum.reduceat(z, safe_v).tolist()
-            zmax = np.maximum.reduceat(z, safe_v).tolist()
-            depth = np.linalg.norm(np.add.reduceat(C, safe_f, axis=0) / np.maximum(counts, 1)[:, None],
-                                   axis=1).tolist()
+            lo = _segments(np.minimum, uvf, vstarts, vstarts + nverts).tolist()
+            hi = _segments(np.maximum, uvf, vstarts, vstarts + nverts).tolist()
+            zmin = _segments(np.minimum, z, vstarts, vstarts + nverts).tolist()
+            zmax = _segments(np.maximum, z, vstarts, vstarts + nverts).tolist()
+            csum = _segments(np.add, C, fstarts, fstarts + nfaces)
+            depth = np.linalg.norm(csum / np.maximum(counts, 1)[:, None], axis=1).tolist()
         intr = cam.intrinsics
         kept: list[_Unit] = []
         for i, u in enumerate(units):
@@ -824,6 +824,13 @@ def _draw_unit(u: _Unit, geo: _FrameGeometry, img, lab, polys: dict[int, list[np
             if draw_image:
                 cv2.fillPoly(img, [pts], u.bb_colors[i], _LINE, _SHIFT)
             cv2.fillPoly(lab, [pts], value, _LINE, _SHIFT)
+
+
+def _segments(ufunc: np.ufunc, arr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """ufunc.reduce over arr[starts[i]:ends[i]] for each i (increasing, non-empty segments)."""
+    padded = np.concatenate([arr, arr[:1]])  # reduceat needs every index < len
+    idx = np.stack([starts, ends], axis=1).ravel()
+    return ufunc.reduceat(padded, idx, axis=0)[0::2]
 
 
 def _k4(cam: CameraModel) -> tuple[float, float, float, float]:

@@ -821,10 +821,8 @@ def far_mesh(mesh: Mesh) -> Mesh:
         sel = np.flatnonzero(mesh.tracks == tid)
         idx = np.unique(np.concatenate([mesh.faces[i] for i in sel]))
         v = mesh.verts[idx]
-        areas = []
-        for i in sel:
-            p = mesh.verts[mesh.faces[i]]
-            areas.append(np.linalg.norm(np.cross(p, np.roll(p, -1, axis=0)).sum(axis=0)))
+        p = mesh.verts[mesh.face_pad[sel]]  # padding repeats the last vertex: adds nothing to the sum
+        areas = np.linalg.norm(np.cross(p, np.roll(p, -1, axis=1)).sum(axis=1), axis=1)
         col = mesh.colors[sel[int(np.argmax(areas))]]
         b.box(v[:, 0].min(), v[:, 0].max(), -v[:, 1].max(), -v[:, 1].min(), v[:, 2].min(), v[:, 2].max(), col,
               int(mesh.classes[sel[0]]), tid)
@@ -929,14 +927,21 @@ class _LaneBook:
 
 def _ray_box_hidden(cam: np.ndarray, pts: np.ndarray, box_min: np.ndarray, box_max: np.ndarray) -> np.ndarray:
     """(N,3) cameras, (N,P,3) points, (N,3) boxes -> (N,P) bool: segment camera->point passes through the box."""
-    d = pts - cam[:, None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = 1.0 / np.where(np.abs(d) < 1e-12, 1e-12, d)
-        t0 = (box_min[:, None, :] - cam[:, None, :]) * inv
-        t1 = (box_max[:, None, :] - cam[:, None, :]) * inv
+    d = (pts - cam[:, None, :]).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        inv = np.float32(1.0) / np.where(np.abs(d) < 1e-9, np.float32(1e-9), d)
+        t0 = (box_min - cam).astype(np.float32)[:, None, :] * inv
+        t1 = (box_max - cam).astype(np.float32)[:, None, :] * inv
     tmin = np.minimum(t0, t1).max(axis=2)
     tmax = np.maximum(t0, t1).min(axis=2)
     return (tmax >= tmin) & (tmax > 0) & (tmin < 0.98)
+
+
+def _has_run(mask: np.ndarray, lo: int, hi: int) -> bool:
+    """Whether ``mask`` holds a run of True between lo and hi long."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    lengths = edges[1::2] - edges[0::2]
+    return bool(((lengths >= lo) & (lengths <= hi)).any())
 
 
 class WorldBuilder:
@@ -951,6 +956,7 @@ class WorldBuilder:
         self.actors: list[Actor] = []
         self.book = _LaneBook()
         self.planned: list[PlannedOcclusion] = []
+        self._rots: tuple[np.ndarray, np.ndarray] | None = None
 
     def new_id(self) -> int:
         t = self.next_id
@@ -1081,7 +1087,7 @@ class WorldBuilder:
         centres = sorted(rng.uniform(0.25, 0.75, want) * n) if want > 1 else [rng.uniform(0.3, 0.7) * n]
         for kc in centres:
             pool: dict[str, ThingModel] = {}  # candidate models with placeholder ids, built on demand
-            for _attempt in range(80):
+            for _attempt in range(40):
                 if self._try_occlusion(rng, int(kc) + int(rng.integers(-8, 9)), cams, pool):
                     break
 
@@ -1120,7 +1126,7 @@ class WorldBuilder:
                 okind = "car" if rng.random() < 0.8 else "motorcyclist"
             o_model = self._pooled(pool, okind, rng)
             o_x = oln.x_m
-            o_v = self._scenario_speed(rng, where)
+            o_v = self._scenario_speed(rng, where, kc)
         else:
             walking = rng.random() < 0.8
             okind = "person_walk" if walking else "person_stand"
@@ -1128,15 +1134,15 @@ class WorldBuilder:
             band = lay.walk_band(where)
             o_x = rng.uniform(*band)
             o_v = rng.choice([-1.0, 1.0]) * rng.uniform(0.8, 1.7) if walking else 0.0
-        # place the occluder ahead and the occludee on the line of sight through its centre
-        b_v = self._scenario_speed(rng, bl)
-        dz_b = rng.uniform(7.0, 30.0)
+        # place the occluder ahead; the occludee starts near the line of sight through the occluder's
+        # centre, and a scan over its longitudinal offset finds where the occlusion works out
+        b_v = self._scenario_speed(rng, bl, kc)
+        dz_b = rng.uniform(5.0, 22.0)
         cx, cz = self.ego[kc, 0], self.ego[kc, 1]
-        zb_c = cz + dz_b
+        zb = cz + dz_b + b_v * (self.t - self.t[kc])
         ratio = (o_x - cx) / (bln.x_m - cx)
-        zo_c = cz + dz_b * ratio + rng.uniform(-1.5, 1.5)
-        zb = zb_c + b_v * (self.t - self.t[kc])
-        zo = zo_c + o_v * (self.t - self.t[kc])
+        offsets = np.linspace(-24.0, 24.0, 33) + rng.uniform(-0.7, 0.7)
+        zo_all = cz + dz_b * ratio + offsets[:, None] + o_v * (self.t - self.t[kc])[None, :]  # (K, n)
         # the occluder may not touch the ego, nor other booked vehicles of its lane
         hb = b_model.length_m / 2
         if self._in_lane_conflicts_ego(bl, zb, hb + 1.0):
@@ -1144,11 +1150,6 @@ class WorldBuilder:
         zb0 = zb[0]
         if not self.book.free(bl, zb0 - hb - 4, zb0 + hb + 4):
             return False
-        if what == "lane":
-            ho = o_model.length_m / 2
-            if self._in_lane_conflicts_ego(where, zo, ho + 1.0) or not self.book.free(where, zo[0] - ho - 4,
-                                                                                      zo[0] + ho + 4):
-                return False
         # exact test: every corner of the occludee's box hidden behind the occluder's core box
         x0, x1, h0, h1, z0, z1 = b_model.core_box
         heading_b = 0.0 if bln.direction > 0 or (bln.kind == "parking" and bln.x_m > 0) else math.pi
@@ -1159,12 +1160,33 @@ class WorldBuilder:
         bmax = np.stack([bln.x_m + np.full(n, x1), np.full(n, -h0), zb + z1], 1)
         a = o_model.mesh.aabb  # x0 x1 y0 y1 z0 z1 (local)
         corners = np.array([[x, y, z] for x in a[0:2] for y in a[2:4] for z in a[4:6]])
-        pts = corners[None, :, :] + np.stack([np.full(n, o_x), np.zeros(n), zo], 1)[:, None, :]
-        hidden = _ray_box_hidden(cams, pts, bmin, bmax).all(axis=1)
-        run = self._usable_run(hidden, pts)
-        if run is None:
+        K = len(offsets)
+        base = np.stack([np.full((n, K), o_x), np.zeros((n, K)), zo_all.T], 2)  # (n, K, 3)
+        pts = (base[:, :, None, :] + corners[None, None]).reshape(n, K * 8, 3)
+        hidden = _ray_box_hidden(cams, pts, bmin, bmax).reshape(n, K, 8).all(axis=2)
+        runs = [j for j in range(K) if _has_run(hidden[:, j], 12, 36)]
+        if not runs:
             return False
-        s, e = run
+        # clearly visible: most corners of the box shrunk about its centre are unobstructed
+        shrunk = (base[:, runs, None, :] + 0.6 * corners[None, None] + 0.4 * corners.mean(axis=0))
+        clear = np.zeros((n, K), bool)
+        clear[:, runs] = _ray_box_hidden(cams, shrunk.reshape(n, -1, 3), bmin, bmax).reshape(
+            n, len(runs), 8).sum(axis=2) <= 2
+        found = None
+        for j in rng.permutation(runs).tolist():
+            zo = zo_all[j]
+            if what == "lane":
+                ho = o_model.length_m / 2
+                if self._in_lane_conflicts_ego(where, zo, ho + 1.0) or \
+                        not self.book.free(where, zo[0] - ho - 4, zo[0] + ho + 4):
+                    continue
+            run = self._usable_run(hidden[:, j], clear[:, j], pts.reshape(n, K, 8, 3)[:, j])
+            if run is not None:
+                found = (zo, run)
+                break
+        if found is None:
+            return False
+        zo, (s, e) = found
         pose_b = np.stack([np.full(n, bln.x_m), zb, np.full(n, heading_b)], 1)
         heading_o = 0.0 if o_v > 0 else (math.pi if o_v < 0 else float(rng.choice([0.0, math.pi / 2, math.pi])))
         if what == "lane":
@@ -1183,56 +1205,72 @@ class WorldBuilder:
         self.planned.append(PlannedOcclusion(b_model.tracks[0][0], o_model.tracks[0][0], s, e))
         return True
 
-    def _scenario_speed(self, rng: np.random.Generator, lane: int) -> float:
-        """A lane's speed; the first scenario to use a lane may pick it (slow, congested lanes give
-        long occlusions), as long as nothing drives there yet."""
+    def _scenario_speed(self, rng: np.random.Generator, lane: int, kc: int) -> float:
+        """A lane's speed; the first scenario to use a lane may pick it, as long as nothing drives there
+        yet: near the ego's speed (overtaking or being overtaken slowly), or slow oncoming traffic."""
         ln = self.layout.lanes[lane]
         if ln.kind != "drive" or self.book.busy.get(lane):
             return self.lane_speed[lane]
         if ln.direction > 0:
-            return float(rng.uniform(2.0, 14.0))
-        return -float(rng.uniform(2.0, 12.0))
+            v_ego = float(self.ego[max(kc - 1, 0), 1] - self.ego[max(kc - 2, 0), 1]) * self.fps
+            return float(np.clip(v_ego * rng.uniform(0.4, 1.7), 2.0, 16.0))
+        return -float(rng.uniform(2.0, 10.0))
 
-    def _usable_run(self, hidden: np.ndarray, pts: np.ndarray) -> tuple[int, int] | None:
-        """The first run of hidden frames 12..36 long, inside the image throughout, with the object
-        clearly visible (in the image, big enough) in the two frames before and after it."""
+    def _usable_run(self, hidden: np.ndarray, clear: np.ndarray, pts: np.ndarray) -> tuple[int, int] | None:
+        """The first run of hidden frames 12..36 long, inside the image throughout, entered from and left
+        to clearly visible frames (unobstructed, in the image, big enough) within a few frames."""
         n = len(hidden)
         edges = np.flatnonzero(np.diff(np.concatenate([[0], hidden.astype(np.int8), [0]])))
         for s, e in zip(edges[0::2], edges[1::2] - 1):
-            if not (12 <= e - s + 1 <= 36) or s < 3 or e > n - 4:
+            if not (12 <= e - s + 1 <= 36):
                 continue
-            if self._visible_enough(pts, np.array([s - 2, s - 1, e + 1, e + 2]), need_area=True) and \
-                    self._visible_enough(pts, np.arange(s, e + 1), need_area=False):
+            a = s - 1
+            while a >= 0 and not clear[a] and s - a <= 6:
+                a -= 1
+            b = e + 1
+            while b < n and not clear[b] and b - e <= 6:
+                b += 1
+            if a < 1 or b > n - 2 or not (clear[a] and clear[a - 1] and clear[b] and clear[b + 1]):
+                continue
+            if self._visible_enough(pts, np.array([a - 1, a, b, b + 1]), need_area=True) and \
+                    self._visible_enough(pts, np.arange(a, b + 1), need_area=False):
                 return int(s), int(e)
         return None
 
     def _visible_enough(self, pts: np.ndarray, frames: np.ndarray, need_area: bool) -> bool:
+        """Whether the (N, 8, 3) box corners are in front of the camera and inside the image in all
+        ``frames``; with ``need_area``, wholly inside and big enough to be labelled."""
         frames = frames[(frames >= 0) & (frames < self.n)]
         if len(frames) == 0:
             return False
-        for k in frames:
-            _cam, rot, c = self._camera_rot(k)
-            p = (pts[k] - c) @ rot.T
-            if (p[:, 2] < 1.0).any():
-                return False
-            u = self.intr.fx * p[:, 0] / p[:, 2] + self.intr.cx
-            v = self.intr.fy * p[:, 1] / p[:, 2] + self.intr.cy
-            if not need_area:
-                if u.max() < 2 or u.min() > self.intr.width - 3 or v.max() < 2 or v.min() > self.intr.height - 3:
-                    return False
-                continue
-            if u.min() < 0 or u.max() > self.intr.width - 1 or v.max() > self.intr.height - 1:
-                return False
-            if (u.max() - u.min()) * (v.max() - v.min()) * 0.6 < 1.3 * self.cfg.min_thing_area_px:
-                return False
-        return True
+        rots, cams = self._frame_rotations()
+        p = np.einsum("fij,fpj->fpi", rots[frames], pts[frames] - cams[frames][:, None, :])  # (F, 8, 3)
+        if (p[:, :, 2] < 1.0).any():
+            return False
+        k = self.intr
+        u = k.fx * p[:, :, 0] / p[:, :, 2] + k.cx
+        v = k.fy * p[:, :, 1] / p[:, :, 2] + k.cy
+        if not need_area:
+            return bool(((u.max(1) >= 2) & (u.min(1) <= k.width - 3) & (v.max(1) >= 2)
+                         & (v.min(1) <= k.height - 3)).all())
+        uc, vc = (u.min(1) + u.max(1)) / 2, (v.min(1) + v.max(1)) / 2
+        inside = (uc >= 0.05 * k.width) & (uc <= 0.95 * k.width) & (vc <= k.height - 1)
+        area = (u.max(1) - u.min(1)) * (v.max(1) - v.min(1)) * 0.6
+        return bool((inside & (area >= 1.1 * self.cfg.min_thing_area_px)).all())
 
-    def _camera_rot(self, k: int):
-        x, z, yaw, pitch, h = self.ego[k]
-        mount = CameraMounting(float(h), float(pitch))
-        c, s = math.cos(yaw), math.sin(yaw)
-        ry = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-        return None, mount.rotation_level_to_camera() @ ry.T, np.array([x, -h, z])
+    def _frame_rotations(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3, 3) world -> optical rotations and (N, 3) camera centres of every frame (cached)."""
+        if self._rots is None:
+            x, z, yaw, pitch, h = self.ego.T
+            cy, sy = np.cos(yaw), np.sin(yaw)
+            cp, sp = np.cos(pitch), np.sin(pitch)
+            zero, one = np.zeros(self.n), np.ones(self.n)
+            ry_t = np.stack([np.stack([cy, zero, -sy], 1), np.stack([zero, one, zero], 1),
+                             np.stack([sy, zero, cy], 1)], 1)  # world -> level (R_y(yaw).T)
+            rp = np.stack([np.stack([one, zero, zero], 1), np.stack([zero, cp, -sp], 1),
+                           np.stack([zero, sp, cp], 1)], 1)  # level -> optical (CameraMounting)
+            self._rots = (rp @ ry_t, np.stack([x, -h, z], 1))
+        return self._rots
 
     def _walk_phase(self, speed: float) -> np.ndarray:
         # one stride (two steps) per ~1.4 m walked

@@ -1,0 +1,189 @@
+"""``panoptic-ros bench``: end-to-end pipeline speed, our variants against a stock baseline, in one run.
+
+Each variant runs the whole pipeline the node runs (upload, network, fusion,
+tracking, panoptic-image encoding) over synthetic street frames, batch 1 and
+a camera-rig batch, after warm-up, and reports per-batch latency (p50/p99),
+aggregate frames/s, CPU use (process CPU seconds per wall second), resident
+memory and peak GPU memory. Ratios are printed against our own model in
+plain fp32 eager mode and against the baseline (torchvision Mask R-CNN
+R50-FPN + semantic FPN head, fp32 eager), all measured in the same run, since
+absolute times drift between machines and days.
+
+Variants:
+- ``ours``: the deployment setting (fp16 autocast on CUDA, fp32 on CPU; channels-last on CUDA);
+- ``ours-fp32``: the same model, fp32, eager, default memory format;
+- ``baseline``: see panoptic_ros/model/baseline.py (random weights: timing only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from panoptic_ros.params import TrackerParams
+from panoptic_ros.pipeline import CameraFrame, Pipeline, resolve_model_path
+
+
+@dataclass
+class BenchRow:
+    variant: str
+    size: str  # HxW
+    batch: int
+    p50_ms: float  # per batch (all cameras' frames processed)
+    p99_ms: float
+    frames_per_s: float
+    cpu_util: float  # process CPU seconds per wall second (2.0 = two cores busy)
+    rss_mb: float
+    gpu_mem_mb: float | None
+    iterations: int
+    stage_ms: dict  # median per-frame stage times
+
+
+def synthetic_frames(height: int, width: int, count: int, seed: int = 300_000) -> list[np.ndarray]:
+    from panoptic_ros.synth import SynthConfig, SyntheticSequence
+
+    seq = SyntheticSequence(seed=seed, num_frames=count, config=SynthConfig(height=height, width=width))
+    return [seq.render(k).image for k in range(count)]
+
+
+def make_predictor(variant: str, model_path: str, device: str, size: tuple[int, int]):
+    from panoptic_ros.model.predictor import Predictor
+
+    if variant == "baseline":
+        from panoptic_ros.model.baseline import BaselinePredictor
+        return BaselinePredictor(device=device, input_size=size)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    fast = variant == "ours"
+    return Predictor.from_file(resolve_model_path(model_path), device=str(dev),
+                               precision="auto" if fast else "fp32", input_size=size,
+                               channels_last=fast and dev.type == "cuda")
+
+
+def _sync(device: str) -> None:
+    if torch.cuda.is_available() and device != "cpu":
+        torch.cuda.synchronize()
+
+
+def run_variant(variant: str, model_path: str, device: str, size: tuple[int, int], batch: int,
+                frames: list[np.ndarray], iterations: int, warmup: int) -> tuple[BenchRow, list[float]]:
+    predictor = make_predictor(variant, model_path, device, size)
+    pipeline = Pipeline(predictor, tracker=TrackerParams(), max_batch=batch)
+    cams = [f"cam{c}" for c in range(batch)]
+    if torch.cuda.is_available() and device != "cpu":
+        torch.cuda.reset_peak_memory_stats()
+    times, stages = [], []
+    t_stamp = 0.0
+    cpu0 = wall0 = 0.0
+    for it in range(warmup + iterations):
+        if it == warmup:
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+        batch_frames = [CameraFrame(cam, frames[(it * batch + c) % len(frames)], t_stamp)
+                        for c, cam in enumerate(cams)]
+        t_stamp += 0.1
+        _sync(device)
+        t0 = time.perf_counter()
+        outs = pipeline.process(batch_frames)
+        _sync(device)
+        dt = (time.perf_counter() - t0) * 1e3
+        if it >= warmup:
+            times.append(dt)
+            stages += [asdict(o.timings) for o in outs]
+    cpu = time.process_time() - cpu0
+    wall = time.perf_counter() - wall0
+    gpu = (torch.cuda.max_memory_allocated() / 2 ** 20) if torch.cuda.is_available() and device != "cpu" else None
+    stage_ms = {k: float(np.median([s[k] for s in stages])) for k in stages[0]}
+    row = BenchRow(variant, f"{size[0]}x{size[1]}", batch, float(np.percentile(times, 50)),
+                   float(np.percentile(times, 99)), batch * len(times) / (sum(times) / 1e3), cpu / wall,
+                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, gpu, len(times), stage_ms)
+    return row, times
+
+
+def markdown(rows: list[BenchRow]) -> str:
+    ref = {(r.size, r.batch): r for r in rows if r.variant == "ours-fp32"}
+    base = {(r.size, r.batch): r for r in rows if r.variant == "baseline"}
+    lines = ["| variant | size | batch | p50 ms | p99 ms | frames/s | vs ours-fp32 | vs baseline | CPU (cores) "
+             "| RSS MB | GPU MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        k = (r.size, r.batch)
+        vs_ref = f"{r.frames_per_s / ref[k].frames_per_s:.2f}x" if k in ref else "-"
+        vs_base = f"{r.frames_per_s / base[k].frames_per_s:.2f}x" if k in base else "-"
+        gpu = f"{r.gpu_mem_mb:.0f}" if r.gpu_mem_mb is not None else "-"
+        lines.append(f"| {r.variant} | {r.size} | {r.batch} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | "
+                     f"{r.frames_per_s:.2f} | {vs_ref} | {vs_base} | {r.cpu_util:.2f} | {r.rss_mb:.0f} | {gpu} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_latency(all_times: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for name, t in all_times.items():
+        ax.hist(t, bins=30, alpha=0.55, label=name)
+    ax.set_xlabel("latency per batch (ms)")
+    ax.set_ylabel("batches")
+    ax.set_xscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="time the pipeline: our variants vs a torchvision baseline, one run",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="", help="model .safetensors (default: the shipped demo model)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--sizes", default=None, help="comma-separated HxW (default: 1024x2048,512x1024 on CUDA, "
+                                                  "256x512 on CPU)")
+    p.add_argument("--batches", default="1,6", help="comma-separated batch sizes (6 = a six-camera rig)")
+    p.add_argument("--variants", default="ours,ours-fp32,baseline")
+    p.add_argument("--iterations", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--out", default="bench_out", help="directory for bench.json, bench.md, latency.png")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    sizes = args.sizes or ("1024x2048,512x1024" if cuda else "256x512")
+    sizes_hw = [tuple(int(v) for v in s.lower().split("x")) for s in sizes.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    variants = [v.strip() for v in args.variants.split(",")]
+    rows, all_times = [], {}
+    for h, w in sizes_hw:
+        frames = synthetic_frames(h, w, 12)
+        for b in batches:
+            for v in variants:
+                row, times = run_variant(v, args.model, args.device, (h, w), b, frames, args.iterations,
+                                         args.warmup)
+                rows.append(row)
+                all_times[f"{v} {h}x{w} b{b}"] = times
+                print(f"{v:10s} {h}x{w} batch {b}: p50 {row.p50_ms:.1f} ms, p99 {row.p99_ms:.1f} ms, "
+                      f"{row.frames_per_s:.2f} frames/s", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device_name = torch.cuda.get_device_name(0) if cuda else f"CPU ({platform.processor() or platform.machine()}, " \
+                                                             f"{torch.get_num_threads()} threads)"
+    meta = {"date": time.strftime("%Y-%m-%d"), "device": device_name, "torch": torch.__version__,
+            "command": "panoptic-ros bench " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                                                        if k not in ("func", "command") and v not in (None, ""))}
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    table = markdown(rows)
+    (out / "bench.md").write_text(f"Device: {meta['device']}; date {meta['date']}; torch {meta['torch']}\n\n{table}")
+    plot_latency(all_times, out / "latency.png")
+    print(table)
+    return 0

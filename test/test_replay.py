@@ -1,0 +1,432 @@
+"""``panoptic-ros replay``: generated bags in both storages, offline and through a live node (real rclpy),
+output bag contents, the overlay video, timings, and each kind of bad bag.
+
+Bags are 4-6 frames of the synthetic street at 64x128 (the tiny random model's input size); the model is a
+tiny random one with thresholds low enough that it reports objects.
+"""
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from rosbags.highlevel import AnyReader
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+from panoptic_ros import cli, replay
+from panoptic_ros.datasets.rosbag_io import RosbagDataset, panoptic_typestore, write_rosbag
+from panoptic_ros.panoptic import decode_panoptic
+from panoptic_ros.synth import SynthConfig, SyntheticSequence
+
+FRAMES = 4
+PERMISSIVE = ["model.score_threshold:=0.05", "model.overlap_threshold:=0.0", "tracker.min_hits:=1",
+              "tracker.high_score_threshold:=0.1", "tracker.low_score_threshold:=0.05",
+              "tracker.new_track_score_threshold:=0.1", "model.device:=cpu"]
+NODE_TOPICS = {"panoptic/image", "panoptic/semantic", "panoptic/objects", "panoptic/overlay", "panoptic/class_info"}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from panoptic_ros.model.checkpoint import ModelCard, save_model
+    from panoptic_ros.model.config import ModelConfig
+    from panoptic_ros.model.efficientps import build_model
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = ModelConfig(pretrained_backbone=False, fpn_channels=32, semantic_channels=16, box_head_dim=64,
+                      mask_head_channels=16, mask_head_convs=1, embedding_dim=16, input_height=64, input_width=128,
+                      anchor_sizes=(8, 16, 32, 64), rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50,
+                      box_batch_size_per_image=32)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(build_model(cfg).eval(), path, ModelCard(name="tiny", config=cfg))
+    return path
+
+
+def synth_frames(seed: int, n: int = FRAMES, h: int = 64, w: int = 128) -> list:
+    seq = SyntheticSequence(seed, n, SynthConfig(height=h, width=w))
+    return [seq.render(k) for k in range(n)]
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bags")
+    frames = synth_frames(5)
+    return {"mcap": write_rosbag(root / "mcap" / "drive", frames, storage="mcap"),
+            "sqlite3": write_rosbag(root / "sqlite3" / "drive", frames, storage="sqlite3"),
+            "jpeg": write_rosbag(root / "jpeg" / "drive", frames, storage="mcap", compressed="jpeg")}
+
+
+def replay_cli(args: list[str], model: Path, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    argv = ["replay", *args, "--model", str(model)]
+    for p in PERMISSIVE:
+        argv += ["-p", p]
+    rc = cli.main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def read_bag(path: Path) -> tuple[dict[str, str], list[tuple[str, int, bytes]]]:
+    """(topic -> type, [(topic, log time, raw)]) of a bag, read with rosbags."""
+    with AnyReader([path], default_typestore=panoptic_typestore()) as reader:
+        topics = {c.topic: c.msgtype for c in reader.connections}
+        messages = [(c.topic, t, bytes(raw)) for c, t, raw in reader.messages()]
+    return topics, messages
+
+
+def input_stamps(bag: Path) -> list[int]:
+    return [f.stamp_ns for f in RosbagDataset(bag)]
+
+
+def video_frames(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames
+
+
+def stamp_ns(msg) -> int:  # noqa: ANN001
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+def check_output_bag(out: Path, bag: Path, overlay: bool = True, storage: str = "mcap") -> dict[str, list]:
+    """The output bag has the node's topics and types, one message per input frame at the input's stamp and
+    log time; returns the rclpy-deserialized messages by relative topic."""
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import CameraInfo, Image
+
+    from panoptic_ros.msg import PanopticClassInfo, PanopticObjectArray
+
+    suffix = ".mcap" if storage == "mcap" else ".db3"
+    assert (out / "panoptic" / f"panoptic{suffix}").is_file()
+    topics, messages = read_bag(out / "panoptic")
+    expected = {"/camera/panoptic/image": "sensor_msgs/msg/Image", "/camera/panoptic/semantic": "sensor_msgs/msg/Image",
+                "/camera/panoptic/objects": "panoptic_ros/msg/PanopticObjectArray",
+                "/camera/panoptic/class_info": "panoptic_ros/msg/PanopticClassInfo",
+                "/camera/camera_info": "sensor_msgs/msg/CameraInfo"}
+    if overlay:
+        expected["/camera/panoptic/overlay"] = "sensor_msgs/msg/Image"
+    assert topics == expected
+    types = {"image": Image, "semantic": Image, "overlay": Image, "objects": PanopticObjectArray,
+             "class_info": PanopticClassInfo, "camera_info": CameraInfo}
+    by_topic: dict[str, list] = {}
+    log_times: dict[str, list[int]] = {}
+    for topic, log_ns, raw in messages:
+        key = topic.rsplit("/", 1)[1]
+        by_topic.setdefault(key, []).append(deserialize_message(raw, types[key]))
+        log_times.setdefault(key, []).append(log_ns)
+    stamps = input_stamps(bag)
+    for key in ("image", "semantic", "objects", "camera_info") + (("overlay",) if overlay else ()):
+        assert [stamp_ns(m) for m in by_topic[key]] == stamps, key
+        assert log_times[key] == stamps, key  # generated bags log at the header stamp
+    assert len(by_topic["class_info"]) == 1 and list(by_topic["class_info"][0].names)[13] == "car"
+    with Reader(out / "panoptic") as reader:
+        qos = {c.topic: c.ext.offered_qos_profiles for c in reader.connections}
+    assert "transient_local" in str(qos["/camera/panoptic/class_info"]).lower()
+    for pan, objects in zip(by_topic["image"], by_topic["objects"]):
+        assert pan.encoding == "32SC1" and (pan.height, pan.width) == (64, 128)
+        classes, tracks = decode_panoptic(np.frombuffer(pan.data, "<i4").reshape(64, 128))
+        assert set(np.unique(classes)) <= set(range(19)) | {255}
+        visible = {o.track_id for o in objects.objects if o.state != 2}
+        assert visible == set(np.unique(tracks)) - {0}, "objects and panoptic ids disagree"
+        assert objects.camera_name == "camera" and objects.image_width == 128 and objects.processing_time_s > 0
+    return by_topic
+
+
+# --------------------------------------------------------------------------- offline
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_offline_replay_writes_what_the_node_would_publish(tmp_path: Path, model_path: Path, bags: dict[str, Path],
+                                                           capsys: pytest.CaptureFixture, storage: str) -> None:
+    import json
+
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Header
+
+    from panoptic_ros.params import NodeParams, build
+    from panoptic_ros.pipeline import CameraFrame, Pipeline
+    from panoptic_ros.ros import convert
+
+    bag = bags[storage]
+    out = tmp_path / "out"
+    rc, stdout, err = replay_cli([str(bag), "--out", str(out), "--storage", storage], model_path, capsys)
+    assert rc == 0, err
+    assert err == "" and f"{FRAMES} of {FRAMES} frame(s)" in stdout
+    by_topic = check_output_bag(out, bag, storage=storage)
+    assert any(m.objects for m in by_topic["objects"]), "the permissive tiny model reports objects"
+
+    # The same frames through the core Pipeline give the same ids, and the objects messages are byte for byte
+    # what the node's converter (panoptic_ros.ros.convert) builds from those outputs.
+    params = build(NodeParams, dict(p.split(":=") for p in PERMISSIVE) | {"model.path": str(model_path)})
+    pipeline = Pipeline(replay._predictor_for(params), params.tracker, params.mount, params.max_batch)
+    frames = list(RosbagDataset(bag))
+    outputs = pipeline.process([CameraFrame("camera", f.image, f.stamp_ns / 1e9) for f in frames])
+    for output, pan, objects in zip(outputs, by_topic["image"], by_topic["objects"], strict=True):
+        np.testing.assert_array_equal(np.frombuffer(pan.data, "<i4").reshape(64, 128), output.panoptic)
+        header = Header(stamp=objects.header.stamp, frame_id=objects.header.frame_id)
+        want = convert.objects_msg(header, output, "camera", objects.processing_time_s)
+        assert serialize_message(objects) == serialize_message(want)
+    assert [m.header.frame_id for m in by_topic["objects"]] == ["camera_optical_frame"] * FRAMES
+
+    video = video_frames(out / "overlay.mp4")
+    assert len(video) == FRAMES and video[0].shape == (64, 128, 3)
+    overlay0 = np.frombuffer(by_topic["overlay"][0].data, np.uint8).reshape(64, 128, 3)
+    assert np.abs(video[0][..., ::-1].astype(int) - overlay0).mean() < 20  # lossy mp4v of the overlay
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["mode"] == "offline" and len(timings["frames"]) == FRAMES
+    assert {"decode_ms", "network_ms", "tracking_ms", "processing_ms", "overlay_ms", "write_ms"} <= \
+        set(timings["frames"][0])
+    assert [r["stamp_ns"] for r in timings["frames"]] == input_stamps(bag)
+    assert timings["summary"]["network_ms"]["count"] == FRAMES
+
+
+def test_topics_flag_compressed_input_without_overlay_or_video(tmp_path: Path, model_path: Path,
+                                                               bags: dict[str, Path],
+                                                               capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    rc, _, err = replay_cli([str(bags["jpeg"]), "--topics", "/camera/image/compressed", "--out", str(out),
+                             "--storage", "sqlite3", "--no-overlay", "--no-video"], model_path, capsys)
+    assert rc == 0, err
+    check_output_bag(out, bags["jpeg"], overlay=False, storage="sqlite3")
+    assert not (out / "overlay.mp4").exists()
+    rc, _, err = replay_cli([str(bags["jpeg"]), "--topics", "/camera/camera_info", "--out", str(tmp_path / "x")],
+                            model_path, capsys)
+    assert rc == 1 and len(err.strip().splitlines()) == 1
+    assert "/camera/camera_info has message type sensor_msgs/msg/CameraInfo; replay reads" in err
+
+
+def test_output_topic_names_are_the_nodes() -> None:
+    from panoptic_ros.ros import topics
+
+    assert {replay.PANOPTIC_TOPIC, replay.SEMANTIC_TOPIC, replay.OBJECTS_TOPIC, replay.OVERLAY_TOPIC,
+            replay.CLASS_INFO_TOPIC} == NODE_TOPICS
+    assert (topics.PANOPTIC, topics.SEMANTIC, topics.OBJECTS, topics.OVERLAY, topics.CLASS_INFO, topics.CAMERA_INFO) \
+        == (replay.PANOPTIC_TOPIC, replay.SEMANTIC_TOPIC, replay.OBJECTS_TOPIC, replay.OVERLAY_TOPIC,
+            replay.CLASS_INFO_TOPIC, replay.CAMERA_INFO_TOPIC)
+
+
+def test_camera_discovery() -> None:
+    img, comp, info = replay.IMAGE_TYPE, replay.COMPRESSED_TYPE, replay.CAMERA_INFO_TYPE
+    topics = {"/front/image_raw": img, "/front/image/compressed": comp, "/front/camera_info": info,
+              "/rear/image/compressed": comp, "/rear/camera_info": info, "/side/image": img,
+              "/front/ground_truth/panoptic": img, "/front/panoptic/overlay": img, "/tf": "tf2_msgs/msg/TFMessage"}
+    found = replay.find_cameras(topics, Path("b"))
+    assert [(s.name, s.image_topic, s.compressed, s.camera_info_topic) for s in found] == [
+        ("front", "/front/image_raw", False, "/front/camera_info"),
+        ("rear", "/rear/image/compressed", True, "/rear/camera_info")]  # /side has no camera_info
+    chosen = replay.find_cameras(topics, Path("b"), ["/side/image"])
+    assert [(s.name, s.namespace, s.camera_info_topic) for s in chosen] == [("side", "/side", None)]
+    assert chosen[0].topic("panoptic/image") == "/side/panoptic/image"
+    with pytest.raises(replay.BagError, match="no topic /nope"):
+        replay.find_cameras(topics, Path("b"), ["/nope"])
+    with pytest.raises(replay.BagError, match="share a namespace"):
+        replay.find_cameras(topics, Path("b"), ["/front/image_raw", "/front/image/compressed"])
+
+
+# --------------------------------------------------------------------------- live
+
+
+@pytest.mark.timeout(300)
+def test_live_replay_records_what_a_real_node_publishes(tmp_path: Path, model_path: Path, bags: dict[str, Path],
+                                                        capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("rclpy")
+    import json
+
+    from helpers_ros import random_domain_id
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(random_domain_id()))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    monkeypatch.delenv("ROS_LOCALHOST_ONLY", raising=False)
+    bag = bags["mcap"]
+    rc, stdout, err = replay_cli([str(bag), "--out", str(tmp_path / "live"), "--live", "--rate", "0.5"],
+                                 model_path, capsys)
+    log = (tmp_path / "live" / "node.log").read_text() if (tmp_path / "live" / "node.log").exists() else ""
+    assert rc == 0, err + log
+    assert "(live)" in stdout and "0 dropped" in stdout
+    live = check_output_bag(tmp_path / "live", bag)
+    assert live["class_info"][0].model_id.startswith("tiny sha256:")
+    rc, _, err = replay_cli([str(bag), "--out", str(tmp_path / "offline")], model_path, capsys)
+    assert rc == 0, err
+    offline = check_output_bag(tmp_path / "offline", bag)
+    for a, b in zip(live["image"], offline["image"], strict=True):  # same model, same frames, same ids
+        assert bytes(a.data) == bytes(b.data)
+    assert [[o.track_id for o in m.objects] for m in live["objects"]] == \
+        [[o.track_id for o in m.objects] for m in offline["objects"]]
+    assert len(video_frames(tmp_path / "live" / "overlay.mp4")) == FRAMES
+    timings = json.loads((tmp_path / "live" / "timings.json").read_text())
+    assert timings["mode"] == "live" and timings["frames_dropped"] == 0 and len(timings["frames"]) == FRAMES
+    assert all(r["latency_ms"] >= r["processing_ms"] > 0 for r in timings["frames"])
+
+
+# --------------------------------------------------------------------------- bad bags
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("panoptic-ros replay: error: ")
+    return lines[0]
+
+
+def assert_valid_partial(out: Path, frames: int) -> None:
+    """The output bag opens and holds ``frames`` frames; the video (if any) holds as many."""
+    topics, messages = read_bag(out / "panoptic")
+    assert sum(1 for t, _, _ in messages if t == "/camera/panoptic/image") == frames
+    if frames > 1:
+        assert len(video_frames(out / "overlay.mp4")) == frames
+
+
+def test_truncated_mcap_replays_the_frames_before_the_cut(tmp_path: Path, model_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    frames = synth_frames(7, n=6, h=128, w=256)  # about 250 kB a frame: the mcap holds two 1 MiB chunks
+    bag = write_rosbag(tmp_path / "drive", frames, storage="mcap")
+    (data,) = bag.glob("*.mcap")
+    blob = data.read_bytes()
+    data.write_bytes(blob[: len(blob) * 3 // 4])
+    rc, _, err = replay_cli([str(bag), "--out", str(tmp_path / "out")], model_path, capsys)
+    line = one_error_line(err)
+    assert rc == 1 and "is truncated" in line and str(bag) in line and "ros2 bag reindex" in line
+    topics, messages = read_bag(tmp_path / "out" / "panoptic")
+    got = [t for t, _, _ in messages if t == "/camera/panoptic/image"]
+    assert 1 <= len(got) < 6
+    assert_valid_partial(tmp_path / "out", len(got))
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_bag_cut_before_any_frame_is_one_line(tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture,
+                                              storage: str) -> None:
+    bag = write_rosbag(tmp_path / "drive", synth_frames(5), storage=storage)
+    (data,) = [p for p in bag.iterdir() if p.suffix in (".mcap", ".db3")]
+    data.write_bytes(data.read_bytes()[: 2 * data.stat().st_size // 5])
+    rc, _, err = replay_cli([str(bag), "--out", str(tmp_path / "out")], model_path, capsys)
+    line = one_error_line(err)
+    assert rc == 1 and str(bag) in line and ("truncated" in line or "corrupt" in line)
+
+
+def test_corrupt_database_keeps_the_frames_before_the_damage(tmp_path: Path, model_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    bag = write_rosbag(tmp_path / "drive", synth_frames(5, n=6), storage="sqlite3")
+    (db,) = bag.glob("*.db3")
+    blob = bytearray(db.read_bytes())
+    cut = len(blob) * 4 // 5  # a page of late messages
+    blob[cut:cut + 4096] = bytes(4096)
+    db.write_bytes(bytes(blob))
+    rc, stdout, err = replay_cli([str(bag), "--out", str(tmp_path / "out")], model_path, capsys)
+    line = one_error_line(err)
+    assert rc == 1 and "is corrupt after" in line and str(bag) in line
+    topics, messages = read_bag(tmp_path / "out" / "panoptic")
+    got = sum(1 for t, _, _ in messages if t == "/camera/panoptic/image")
+    assert 1 <= got < 6 and f"{got} of" in stdout
+    assert_valid_partial(tmp_path / "out", got)
+
+
+def test_missing_metadata_and_missing_bag(tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bag = write_rosbag(tmp_path / "drive", synth_frames(5), storage="mcap")
+    (bag / "metadata.yaml").unlink()
+    for target in (bag, next(bag.glob("*.mcap"))):
+        rc, _, err = replay_cli([str(target), "--out", str(tmp_path / "out")], model_path, capsys)
+        line = one_error_line(err)
+        assert rc == 1 and "no metadata.yaml" in line and f"ros2 bag reindex {bag}" in line
+    rc, _, err = replay_cli([str(tmp_path / "nope"), "--out", str(tmp_path / "out")], model_path, capsys)
+    assert rc == 1 and "does not exist" in one_error_line(err)
+    assert not (tmp_path / "out").exists()
+
+
+def _bag_with(path: Path, topics: list[tuple[str, str, str | None]], storage: str = "mcap") -> Path:
+    """A bag with one message per (topic, type, msg definition or None for a standard type)."""
+    store = get_typestore(Stores.ROS2_JAZZY)
+    for _, msgtype, definition in topics:
+        if definition is not None:
+            store.register(get_types_from_msg(definition, msgtype))
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        for topic, msgtype, _ in topics:
+            conn = writer.add_connection(topic, msgtype, typestore=store)
+            if msgtype == "std_msgs/msg/String":
+                msg = store.types[msgtype](data="hello")
+            elif msgtype == replay.CAMERA_INFO_TYPE:
+                t = store.types
+                msg = t[msgtype](header=t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=0,
+                                 nanosec=0), frame_id="cam"), height=4, width=4, distortion_model="",
+                                 d=np.zeros(0), k=np.eye(3).ravel(), r=np.eye(3).ravel(), p=np.zeros(12),
+                                 binning_x=0, binning_y=0, roi=t["sensor_msgs/msg/RegionOfInterest"](
+                                     x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+            else:
+                msg = store.types[msgtype](width=4, height=4)
+            writer.write(conn, 1, store.serialize_cdr(msg, msgtype))
+    return path
+
+
+def _forget_definitions(bag: Path) -> None:
+    """Make a Foxy/Humble-era sqlite3 bag: no stored message definitions, metadata version 5."""
+    (db,) = bag.glob("*.db3")
+    with sqlite3.connect(db) as con:
+        con.execute("DROP TABLE message_definitions")
+        con.execute("UPDATE schema SET schema_version = 3")
+    meta = yaml.safe_load((bag / "metadata.yaml").read_text())
+    meta["rosbag2_bagfile_information"]["version"] = 5
+    (bag / "metadata.yaml").write_text(yaml.safe_dump(meta))
+
+
+def test_no_camera_topics_and_unknown_types(tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture) -> None:
+    plain = _bag_with(tmp_path / "chatter", [("/chatter", "std_msgs/msg/String", None)])
+    rc, _, err = replay_cli([str(plain), "--out", str(tmp_path / "a")], model_path, capsys)
+    line = one_error_line(err)
+    assert rc == 1 and "has no camera topics" in line and "/chatter (std_msgs/msg/String)" in line
+    assert "--topics" in line
+
+    acme = _bag_with(tmp_path / "acme", [("/cam/image", "acme_msgs/msg/Image", "uint32 width\nuint32 height"),
+                                         ("/cam/camera_info", replay.CAMERA_INFO_TYPE, None)], storage="sqlite3")
+    _forget_definitions(acme)
+    rc, _, err = replay_cli([str(acme), "--out", str(tmp_path / "b")], model_path, capsys)
+    line = one_error_line(err)
+    assert rc == 1 and "/cam/image (acme_msgs/msg/Image, an unknown type)" in line
+    rc, _, err = replay_cli([str(acme), "--topics", "/cam/image", "--out", str(tmp_path / "c")], model_path, capsys)
+    line = one_error_line(err)
+    assert rc == 1 and "topic /cam/image has message type acme_msgs/msg/Image" in line
+
+
+def test_a_bad_bag_among_good_ones(tmp_path: Path, model_path: Path, bags: dict[str, Path],
+                                   capsys: pytest.CaptureFixture) -> None:
+    shutil.copytree(bags["mcap"], tmp_path / "bags" / "a-good")
+    broken = shutil.copytree(bags["sqlite3"], tmp_path / "bags" / "b-broken")
+    (broken / "metadata.yaml").unlink()
+    shutil.copytree(bags["sqlite3"], tmp_path / "bags" / "c-good")
+    rc, stdout, err = replay_cli([str(tmp_path / "bags"), "--out", str(tmp_path / "out"), "--workers", "1"],
+                                 model_path, capsys)
+    line = one_error_line(err)
+    assert rc == 1 and "b-broken" in line and "no metadata.yaml" in line
+    for name in ("a-good", "c-good"):
+        check_output_bag(tmp_path / "out" / name, tmp_path / "bags" / name)
+    assert stdout.count(f"{FRAMES} of {FRAMES} frame(s)") == 2
+
+
+def test_bad_arguments_exit_2(tmp_path: Path, model_path: Path, bags: dict[str, Path],
+                              capsys: pytest.CaptureFixture) -> None:
+    rc, _, err = replay_cli([str(bags["mcap"]), "--out", str(tmp_path / "o"), "-p", "tracker.min_hits:=0"],
+                            model_path, capsys)
+    assert rc == 2 and "tracker.min_hits must be >= 1" in one_error_line(err)
+    rc = cli.main(["replay", str(bags["mcap"]), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "none.st")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "none.st" in one_error_line(err)
+    rc, _, err = replay_cli([str(bags["mcap"]), "--out", str(tmp_path / "o"), "--rate", "0"], model_path, capsys)
+    assert rc == 2 and "--rate" in one_error_line(err)
+    (tmp_path / "taken" / "panoptic").mkdir(parents=True)
+    rc, _, err = replay_cli([str(bags["mcap"]), "--out", str(tmp_path / "taken")], model_path, capsys)
+    assert rc == 2 and "choose a new --out" in one_error_line(err)
