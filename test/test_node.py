@@ -345,13 +345,14 @@ def test_bad_input_is_counted_and_the_next_good_frame_is_served(graph):
     keys = ("decode_errors.layout", "decode_errors.encoding", "decode_errors.size", "camera_info_invalid",
             "camera_info_unmatched", "clock_jumps", "frames_processed", "callback_errors")
     before = counts(graph.diag.values(name), *keys)
-    pub = graph.image["front"]
     s = graph.next_stamp()
-    pub.publish(image_msg(0, s, step=100))  # step smaller than a row
-    pub.publish(image_msg(0, s, data=noise_rgb(0).tobytes()[:-7]))  # truncated
-    pub.publish(image_msg(0, s, encoding="32FC1", step=4 * W, data=bytes(4 * W * H)))  # no colour
-    pub.publish(image_msg(0, s, encoding="not_an_encoding"))
-    pub.publish(image_msg(0, s, height=0, width=0, step=0, data=b""))
+    for bad in (image_msg(0, s, step=100),  # step smaller than a row
+                image_msg(0, s, data=noise_rgb(0).tobytes()[:-7]),  # truncated
+                image_msg(0, s, encoding="32FC1", step=4 * W, data=bytes(4 * W * H)),  # no colour
+                image_msg(0, s, encoding="not_an_encoding"),
+                image_msg(0, s, height=0, width=0, step=0, data=b"")):
+        graph.image["front"].publish(bad)
+        time.sleep(0.02)  # within the subscription's depth-5 queue whatever the scheduler does
     graph.info["front"].publish(info_msg(s, k=[math.nan] * 9))
     time.sleep(0.2)
     good = graph.send("front", 7)

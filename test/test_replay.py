@@ -298,7 +298,7 @@ def test_truncated_mcap_replays_the_frames_before_the_cut(tmp_path: Path, model_
     bag = write_rosbag(tmp_path / "drive", frames, storage="mcap")
     (data,) = bag.glob("*.mcap")
     blob = data.read_bytes()
-    data.write_bytes(blob[: len(blob) * 3 // 4])
+    data.write_bytes(blob[: len(blob) - 100_000])  # into the second chunk, well before the summary
     rc, _, err = replay_cli([str(bag), "--out", str(tmp_path / "out")], model_path, capsys)
     line = one_error_line(err)
     assert rc == 1 and "is truncated" in line and str(bag) in line and "ros2 bag reindex" in line
@@ -321,11 +321,14 @@ def test_bag_cut_before_any_frame_is_one_line(tmp_path: Path, model_path: Path, 
 
 def test_corrupt_database_keeps_the_frames_before_the_damage(tmp_path: Path, model_path: Path,
                                                              capsys: pytest.CaptureFixture) -> None:
-    bag = write_rosbag(tmp_path / "drive", synth_frames(5, n=6), storage="sqlite3")
+    frames = synth_frames(5, n=6)
+    bag = write_rosbag(tmp_path / "drive", frames, storage="sqlite3")
     (db,) = bag.glob("*.db3")
     blob = bytearray(db.read_bytes())
-    cut = len(blob) * 4 // 5  # a page of late messages
-    blob[cut:cut + 4096] = bytes(4096)
+    snippet = frames[4].image.tobytes()[12000:12064]  # pixels of the fifth image, somewhere in the file
+    assert blob.count(snippet) == 1
+    page = blob.index(snippet) // 4096 * 4096
+    blob[page:page + 4096] = bytes(4096)  # that database page (and its overflow-chain link) is lost
     db.write_bytes(bytes(blob))
     rc, stdout, err = replay_cli([str(bag), "--out", str(tmp_path / "out")], model_path, capsys)
     line = one_error_line(err)
@@ -419,9 +422,9 @@ def test_a_bad_bag_among_good_ones(tmp_path: Path, model_path: Path, bags: dict[
 
 def test_bad_arguments_exit_2(tmp_path: Path, model_path: Path, bags: dict[str, Path],
                               capsys: pytest.CaptureFixture) -> None:
-    rc, _, err = replay_cli([str(bags["mcap"]), "--out", str(tmp_path / "o"), "-p", "tracker.min_hits:=0"],
+    rc, _, err = replay_cli([str(bags["mcap"]), "--out", str(tmp_path / "o"), "-p", "tracker.max_tracks:=0"],
                             model_path, capsys)
-    assert rc == 2 and "tracker.min_hits must be >= 1" in one_error_line(err)
+    assert rc == 2 and "tracker.max_tracks must be >= 1" in one_error_line(err)
     rc = cli.main(["replay", str(bags["mcap"]), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "none.st")])
     err = capsys.readouterr().err
     assert rc == 2 and "none.st" in one_error_line(err)

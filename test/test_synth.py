@@ -47,6 +47,16 @@ def test_different_seeds_give_different_scenes():
     assert f0.semantic.tobytes() != f1.semantic.tobytes()
 
 
+def test_the_world_of_a_seed_does_not_depend_on_the_resolution():
+    small = SyntheticSequence(6, 80, SynthConfig(height=64, width=128)).world
+    large = SyntheticSequence(6, 80, SynthConfig(height=256, width=512)).world
+    assert small.planned == large.planned
+    assert [a.model.tracks for a in small.actors] == [a.model.tracks for a in large.actors]
+    assert all(np.array_equal(a.pose, b.pose) for a, b in zip(small.actors, large.actors))
+    assert np.array_equal(small.ego, large.ego)
+    assert small.intrinsics.fx * 4 == pytest.approx(large.intrinsics.fx)
+
+
 def test_frame_metadata_and_types():
     seq = _seq(3, 40)
     f = seq.render(25)

@@ -1087,7 +1087,7 @@ class WorldBuilder:
         centres = sorted(rng.uniform(0.25, 0.75, want) * n) if want > 1 else [rng.uniform(0.3, 0.7) * n]
         for kc in centres:
             pool: dict[str, ThingModel] = {}  # candidate models with placeholder ids, built on demand
-            for _attempt in range(40):
+            for _attempt in range(30):
                 if self._try_occlusion(rng, int(kc) + int(rng.integers(-8, 9)), cams, pool):
                     break
 
@@ -1247,16 +1247,18 @@ class WorldBuilder:
         p = np.einsum("fij,fpj->fpi", rots[frames], pts[frames] - cams[frames][:, None, :])  # (F, 8, 3)
         if (p[:, :, 2] < 1.0).any():
             return False
+        # measured on a 256x512 image of the same field of view, so that the world of a seed does
+        # not depend on the rendering resolution
         k = self.intr
-        u = k.fx * p[:, :, 0] / p[:, :, 2] + k.cx
-        v = k.fy * p[:, :, 1] / p[:, :, 2] + k.cy
+        su, sv = 512.0 / k.width, 256.0 / k.height
+        u = (k.fx * p[:, :, 0] / p[:, :, 2] + k.cx) * su
+        v = (k.fy * p[:, :, 1] / p[:, :, 2] + k.cy) * sv
         if not need_area:
-            return bool(((u.max(1) >= 2) & (u.min(1) <= k.width - 3) & (v.max(1) >= 2)
-                         & (v.min(1) <= k.height - 3)).all())
+            return bool(((u.max(1) >= 1) & (u.min(1) <= 511) & (v.max(1) >= 1) & (v.min(1) <= 255)).all())
         uc, vc = (u.min(1) + u.max(1)) / 2, (v.min(1) + v.max(1)) / 2
-        inside = (uc >= 0.05 * k.width) & (uc <= 0.95 * k.width) & (vc <= k.height - 1)
+        inside = (uc >= 0.05 * 512) & (uc <= 0.95 * 512) & (vc <= 255)
         area = (u.max(1) - u.min(1)) * (v.max(1) - v.min(1)) * 0.6
-        return bool((inside & (area >= 1.1 * self.cfg.min_thing_area_px)).all())
+        return bool((inside & (area >= 1.1 * self.cfg.min_thing_area_px_at_256x512)).all())
 
     def _frame_rotations(self) -> tuple[np.ndarray, np.ndarray]:
         """(N, 3, 3) world -> optical rotations and (N, 3) camera centres of every frame (cached)."""
