@@ -355,8 +355,9 @@ def _bag_custom_data(bag: Path) -> dict[str, str]:
         return {}
 
 
-def _timings_components(path: Path) -> dict[str, list[float]]:
-    """The per-frame ``*_ms`` values of a replay's timings.json (empty when there is none)."""
+def _timings_components(path: Path, sequence: str | None = None) -> dict[str, list[float]]:
+    """The per-frame ``*_ms`` values of a replay's timings.json (empty when there is none); with
+    ``sequence``, only the rows that name it (rows without a "sequence" key belong to every sequence)."""
     if not path.is_file():
         return {}
     try:
@@ -365,7 +366,9 @@ def _timings_components(path: Path) -> dict[str, list[float]]:
         return {}
     out: dict[str, list[float]] = {}
     for r in rows if isinstance(rows, list) else []:
-        for k, v in (r.items() if isinstance(r, dict) else ()):
+        if not isinstance(r, dict) or (sequence is not None and r.get("sequence", sequence) != sequence):
+            continue
+        for k, v in r.items():
             if k.endswith("_ms") and isinstance(v, (int, float)):
                 out.setdefault(k, []).append(float(v))
     return out
@@ -441,7 +444,7 @@ def _evaluate_dataset(unit: EvaluationUnit) -> UnitResult:
                     lambda f: f.frame_index)
     for gt, p in pairs:
         scorer.add(gt, None if p is None else p.semantic, None if p is None else p.instance)
-    components = _timings_components(unit.pred / TIMINGS_NAME)
+    components = _timings_components(unit.pred / TIMINGS_NAME, None if len(pred_ds.sequences) == 1 else sequence)
     if "processing_ms" in components:
         scorer.latencies_ms = list(components["processing_ms"])
     if scorer.num_frames:
@@ -626,12 +629,12 @@ class EvaluationReport:
             "occlusion": self.events.to_dict() if self.events else None, "occlusion_events": events,
             "latency_ms": latency_summary(self.latencies_ms),
             "latency_components_ms": {k: latency_summary(v) for k, v in sorted(self.components_ms.items())},
-            "per_sequence": [self._sequence_dict(s) for s in self.sequences],
+            "per_sequence": [self.sequence_summary(s) for s in self.sequences],
             "failures": self.failures, "run": self.run,
         }
 
     @staticmethod
-    def _sequence_dict(s: SequenceScore) -> dict[str, Any]:
+    def sequence_summary(s: SequenceScore) -> dict[str, Any]:
         pq = s.pq.result()
         t = s.tracking
         lat = latency_summary(s.latencies_ms)

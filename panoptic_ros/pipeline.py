@@ -35,6 +35,10 @@ from panoptic_ros.tracking.types import TrackedFrame, TrackedObject, TrackState
 
 DEMO_MODEL_FILE = "demo_lite0_256x512.safetensors"
 PACKAGE_NAME = "panoptic_ros"
+MIN_IMAGE_SIDE_PX = 32
+"""Smallest image height and width the pipeline takes: the network's coarsest stride, and more than the
+tracker's sampling grid needs (it samples every ``tracker.mask_stride``-th pixel from half a stride in;
+a 2-pixel image at stride 4 leaves it nothing)."""
 
 
 class PanopticPredictor(Protocol):
@@ -250,7 +254,13 @@ class Pipeline:
                 state.tracker.reset()
 
     def process(self, frames: Sequence[CameraFrame]) -> list[FrameOutput]:
-        """Run frames (any cameras, in time order per camera) through the model in batches of max_batch."""
+        """Run frames (any cameras, in time order per camera) through the model in batches of max_batch.
+
+        ValueError (before anything runs) for a frame that is not an (H, W, 3) uint8 image at least
+        MIN_IMAGE_SIDE_PX on each side.
+        """
+        for f in frames:
+            check_frame(f)
         outputs: list[FrameOutput] = []
         for start in range(0, len(frames), self.max_batch):
             chunk = frames[start:start + self.max_batch]
@@ -317,6 +327,18 @@ class Pipeline:
         return self._names[class_id] if 0 <= class_id < len(self._names) else f"class_{class_id}"
 
 
+def check_frame(frame: CameraFrame) -> None:
+    """ValueError naming the camera and the problem when ``frame.image_rgb`` is no image the pipeline takes."""
+    image = frame.image_rgb
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        raise ValueError(f"camera {frame.camera}: image must be an (H, W, 3) uint8 RGB array, got "
+                         f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}")
+    h, w = image.shape[:2]
+    if h < MIN_IMAGE_SIDE_PX or w < MIN_IMAGE_SIDE_PX:
+        raise ValueError(f"camera {frame.camera}: image of {w}x{h} px is smaller than {MIN_IMAGE_SIDE_PX} px on a "
+                         "side; nothing can be segmented in it (is the driver's resolution set?)")
+
+
 def ground_positions(camera: CameraModel | None, boxes_xyxy: Sequence[np.ndarray]) -> list[np.ndarray | None]:
     """Ground contact point (optical frame, metres) of each box's bottom centre; None where there is none.
 
@@ -336,6 +358,6 @@ def ground_positions(camera: CameraModel | None, boxes_xyxy: Sequence[np.ndarray
     return [p.copy() if np.all(np.isfinite(p)) and p[2] > 0 else None for p in points]
 
 
-__all__ = ["CameraFrame", "FrameOutput", "ObjectEstimate", "PanopticPredictor", "Pipeline", "StageTimings",
-           "default_model_path", "ground_positions", "load_predictor", "parse_mount_overrides",
+__all__ = ["MIN_IMAGE_SIDE_PX", "CameraFrame", "FrameOutput", "ObjectEstimate", "PanopticPredictor", "Pipeline",
+           "StageTimings", "check_frame", "default_model_path", "ground_positions", "load_predictor", "parse_mount_overrides",
            "resolve_model_path"]

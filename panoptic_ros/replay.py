@@ -254,25 +254,29 @@ class BagSource:
 
     def _recover(self, topics: set[str]) -> Iterator[BagMessage]:
         from mcap.exceptions import McapError
-        from mcap.records import Channel, Message
+        from mcap.records import Channel, Message, Schema
         from mcap.stream_reader import StreamReader
 
+        schemas: dict[int, str] = {}
         channels: dict[int, tuple[str, str]] = {}
         count = 0
-        reason = "the file ends before its summary section"
         with self._recovery.open("rb") as f:  # type: ignore[union-attr]
             try:
                 for record in StreamReader(f, record_size_limit=1 << 31).records:
-                    if isinstance(record, Channel):
-                        schema_name = self.topics.get(record.topic, "")
-                        channels[record.id] = (record.topic, schema_name)
+                    if isinstance(record, Schema):
+                        schemas[record.id] = record.name
+                    elif isinstance(record, Channel):
+                        channels[record.id] = (record.topic, schemas.get(record.schema_id)
+                                               or self.topics.get(record.topic, ""))
                     elif isinstance(record, Message):
                         topic, msgtype = channels.get(record.channel_id, ("", ""))
                         if topic in topics and msgtype:
                             count += 1
                             yield BagMessage(topic, msgtype, int(record.log_time), record.data)
             except (McapError, EOFError, struct.error, ValueError, OSError) as exc:
-                reason = _one_line(exc) or type(exc).__name__
+                reason = _one_line(exc)
+            else:
+                return  # the whole file read: rosbags' complaint was not about missing data
         raise BagError("truncated", f"bag {self.bag} is truncated ({self._open_error}; reading stopped: {reason}); "
                                     f"used the {count} message(s) before the cut. `ros2 bag reindex` can "
                                     "rebuild the summary of a cut-off recording")
@@ -568,11 +572,18 @@ class OverlayVideo:
             self._open(DEFAULT_VIDEO_FPS)  # a single frame
             if self._writer is not None:
                 self._put(self._first[0])
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-            return self.path
-        return None
+        if self._writer is None:
+            return None
+        self._writer.release()
+        self._writer = None
+        import cv2
+
+        reader = cv2.VideoCapture(str(self.path))  # what players will do: can it be read back?
+        readable = reader.isOpened() and reader.read()[0]
+        reader.release()
+        if not readable:
+            self.error = f"{self.path} was written but OpenCV cannot read it back (mp4v codec missing?)"
+        return self.path
 
 
 def latency_summary(values_ms: Sequence[float]) -> dict[str, float | int] | None:
@@ -669,6 +680,14 @@ class ReplaySettings:
             raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {self.storage!r}")
         if not (math.isfinite(self.rate) and self.rate > 0):
             raise ValueError(f"--rate must be a positive number (1 = recorded speed), got {self.rate}")
+
+    @classmethod
+    def create(cls, model: str | None = None, device: str | None = None, params_file: Path | None = None,
+               values: Sequence[tuple[str, str]] = (), **options: Any) -> "ReplaySettings":
+        """Settings from what a command line gives (see :func:`node_params`); ``options`` are the other fields.
+        ValueError naming a bad parameter."""
+        params, explicit = node_params(model, device, params_file, values)
+        return cls(params=params, param_values=tuple((k, param_text(v)) for k, v in explicit.items()), **options)
 
 
 def model_id(predictor: Any) -> str:
@@ -849,7 +868,8 @@ class OfflineReplay:
         pending, self._pending = self._pending, []
         frames = []
         for p in pending:
-            k = self.infos[p.stream.name].match(p.stamp_ns, self.params.camera_info_tolerance_s, p.frame.image_rgb.shape)
+            k = self.infos[p.stream.name].match(p.stamp_ns, self.params.camera_info_tolerance_s,
+                                                p.frame.image_rgb.shape)
             frames.append(replace(p.frame, intrinsics=k))
         outputs = self.pipeline.process(frames)
         for p, out in zip(pending, outputs):
@@ -1062,12 +1082,10 @@ def run(args: argparse.Namespace) -> int:
     from panoptic_ros.model.checkpoint import CheckpointError
 
     try:
-        params, explicit = node_params(args.model, args.device, args.params_file, args.param_values)
-        settings = ReplaySettings(params=params, topics=tuple(args.topics), storage=args.storage,
-                                  video=not args.no_video, overlay=not args.no_overlay, live=args.live,
-                                  rate=args.rate, node_running=args.node_running,
-                                  startup_timeout_s=args.startup_timeout,
-                                  param_values=tuple((k, param_text(v)) for k, v in explicit.items()))
+        settings = ReplaySettings.create(args.model, args.device, args.params_file, args.param_values,
+                                         topics=tuple(args.topics), storage=args.storage, video=not args.no_video,
+                                         overlay=not args.no_overlay, live=args.live, rate=args.rate,
+                                         node_running=args.node_running, startup_timeout_s=args.startup_timeout)
         if args.live and (args.workers not in (None, 1) or args.ray is not None):
             raise ValueError("--live replays one bag at a time through one node; --workers and --ray are for "
                              "offline replay")
@@ -1135,7 +1153,7 @@ def param_text(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-__all__ = ["BagError", "BagMessage", "ReplaySetupError", "bag_read_errors", "BagSource", "CameraCounts", "CameraStream", "OfflineReplay", "OutputBag",
-           "OutputMessages", "OverlayVideo", "ReplayJob", "ReplayResult", "ReplaySettings", "bag_directories",
-           "find_cameras", "latency_summary", "model_id", "node_params", "register", "replay_bag", "run",
-           "run_replay_job", "write_timings"]
+__all__ = ["BagError", "BagMessage", "BagSource", "CameraCounts", "CameraStream", "OfflineReplay", "OutputBag",
+           "OutputMessages", "OverlayVideo", "ReplayJob", "ReplayResult", "ReplaySettings", "ReplaySetupError",
+           "bag_directories", "bag_read_errors", "find_cameras", "latency_summary", "model_id", "node_params",
+           "param_text", "register", "replay_bag", "run", "run_replay_job", "video_path", "write_timings"]

@@ -243,7 +243,7 @@ def report_markdown(report: "EvaluationReport", plots: dict[str, Path], comparis
     lines += ["## Sequences", ""]
     lines += _table(["sequence", "frames", "no prediction", "PQ", "IDF1", "HOTA", "ID switches"],
                     [[d["name"], str(d["frames"]), str(d["frames_without_prediction"]), _pct(d["pq"]), _pct(d["idf1"]),
-                      _pct(d["hota"]), str(d["id_switches"])] for d in (report._sequence_dict(q) for q in
+                      _pct(d["hota"]), str(d["id_switches"])] for d in (report.sequence_summary(q) for q in
                                                                        report.sequences)])
     return "\n".join(lines) + "\n"
 

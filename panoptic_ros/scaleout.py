@@ -22,8 +22,10 @@ Backends:
 """
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -110,14 +112,13 @@ def map_ordered(fn: Callable[[T], R], items: Sequence[T], plan: ScaleOut,
 
 
 def _limit_threads(threads: int) -> None:
-    """Worker initializer: cap the math libraries' threads before (or after) they start."""
+    """Worker initializer: cap the math libraries' threads. A spawned worker has not imported them yet, and
+    they read these variables when they start (torch included), so nothing is imported here."""
     for name in _THREADS_ENV:
         os.environ[name] = str(threads)
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def _map_processes(fn: Callable[[T], R], items: list[T], workers: int,
@@ -160,10 +161,10 @@ def _map_ray(fn: Callable[[T], R], items: list[T], address: str,
                 env["env_vars"]["PYTHONPATH"] = os.pathsep.join(
                     p for p in (str(_package_root()), os.environ.get("PYTHONPATH", "")) if p)
                 ray.init(num_cpus=RAY_LOCAL_CPUS, include_dashboard=False, object_store_memory=RAY_OBJECT_STORE_BYTES,
-                         log_to_driver=False, configure_logging=False, runtime_env=env)
+                         log_to_driver=False, logging_level=logging.ERROR, runtime_env=env)
             else:
                 env["py_modules"] = [str(_package_root() / "panoptic_ros")]
-                ray.init(address=address, log_to_driver=False, configure_logging=False, runtime_env=env)
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, runtime_env=env)
         except Exception as exc:  # noqa: BLE001 - Ray raises many types (ConnectionError, RuntimeError, ValueError)
             raise ScaleOutError(f"cannot start or reach Ray at {address!r}: {exc}") from None
         started_here = True

@@ -368,3 +368,58 @@ def test_a_corrupt_prediction_bag_keeps_the_frames_before_the_damage(tmp_path: P
     assert report["counts"]["frames"] == 8
     assert 1 <= report["counts"]["frames_without_prediction"] < 8
     assert report["failures"] == [err.strip().removeprefix("panoptic-ros evaluate: error: ")]
+
+
+def test_two_cameras_in_one_bag_are_two_sequences(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from test_replay import merge_bags
+
+    front, rear = gt_frames("drive"), gt_frames("drive", shift=3)
+    gt = merge_bags(tmp_path / "gt", [write_rosbag(tmp_path / "g1", front, camera="front"),
+                                      write_rosbag(tmp_path / "g2", rear, camera="rear")])
+    pred = merge_bags(tmp_path / "pred", [
+        write_prediction_bag(tmp_path / "p1", front, predict(front, "good"), camera="front"),
+        write_prediction_bag(tmp_path / "p2", rear, predict(rear, "bad"), camera="rear")])
+    rc, _, err = run_cli(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "e")], capsys)
+    assert rc == 0, err
+    report = load(tmp_path / "e")
+    assert [s["name"] for s in report["per_sequence"]] == ["gt/front", "gt/rear"]
+    events = [OcclusionEvent(9, 3, 4)]
+    want = reference([("gt/front", front, predict(front, "good")), ("gt/rear", rear, predict(rear, "bad"))],
+                     {"gt/front": events, "gt/rear": events})
+    for key in ("pq", "vpq", "stq", "tracking", "occlusion"):
+        assert report[key] == want[key], key
+    assert [s["id_switches"] for s in report["per_sequence"]] == [0, 1]
+
+
+def test_accumulators_merge_as_if_fed_together_and_pickle_light() -> None:
+    import pickle
+
+    a, b = gt_frames("a"), gt_frames("b", shift=3)
+    pa, pb = predict(a, "good"), predict(b, "bad")
+    whole = [PQAccumulator(), VPQAccumulator(), STQAccumulator()]
+    parts = [[PQAccumulator(), VPQAccumulator(), STQAccumulator()] for _ in range(2)]
+    for seq, (frames, preds) in enumerate(((a, pa), (b, pb))):
+        for f, p in zip(frames, preds):
+            args = (f.semantic, f.instance, p.semantic, p.track)
+            whole[0].add(*args)
+            whole[1].add(*args, sequence_id=seq)
+            whole[2].add(*args, sequence_id=seq)
+            parts[seq][0].add(*args)
+            parts[seq][1].add(*args, sequence_id=seq)
+            parts[seq][2].add(*args, sequence_id=seq)
+    merged = [PQAccumulator(), VPQAccumulator(), STQAccumulator()]
+    for part in parts:
+        for m, acc in zip(merged, pickle.loads(pickle.dumps(part))):  # as a worker process sends them back
+            m.merge(acc)
+    assert parts[0][0]._workspace._buffers  # per-pixel scratch space, filled while adding ...
+    assert pickle.loads(pickle.dumps(parts[0][0]))._workspace._buffers == {}  # ... does not travel
+    assert merged[2].result() == whole[2].result()  # sequences pool in order: exactly equal
+    for m, w in zip((merged[0].result(), *merged[1].result().per_window),
+                    (whole[0].result(), *whole[1].result().per_window)):
+        assert [(r.tp, r.fp, r.fn) for r in m.per_class] == [(r.tp, r.fp, r.fn) for r in w.per_class]
+        assert m.all.pq == pytest.approx(w.all.pq, abs=1e-12)
+    assert np.array_equal(merged[0].miou.confusion, whole[0].miou.confusion)
+    with pytest.raises(ValueError, match="both hold sequence"):
+        merged[2].merge(parts[0][2])
+    with pytest.raises(ValueError, match="both hold sequence"):
+        merged[1].merge(parts[0][1])

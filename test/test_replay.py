@@ -33,8 +33,8 @@ NODE_TOPICS = {"panoptic/image", "panoptic/semantic", "panoptic/objects", "panop
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_tiny_model(path: Path) -> Path:
+    """A tiny random model at the bags' 64x128 (what test_node uses too)."""
     import torch
 
     from panoptic_ros.model.checkpoint import ModelCard, save_model
@@ -47,9 +47,13 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       mask_head_channels=16, mask_head_convs=1, embedding_dim=16, input_height=64, input_width=128,
                       anchor_sizes=(8, 16, 32, 64), rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50,
                       box_batch_size_per_image=32)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     save_model(build_model(cfg).eval(), path, ModelCard(name="tiny", config=cfg))
     return path
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 def synth_frames(seed: int, n: int = FRAMES, h: int = 64, w: int = 128) -> list:
@@ -210,6 +214,37 @@ def test_topics_flag_compressed_input_without_overlay_or_video(tmp_path: Path, m
     assert "/camera/camera_info has message type sensor_msgs/msg/CameraInfo; replay reads" in err
 
 
+def merge_bags(path: Path, bags: list[Path], storage: str = "mcap") -> Path:
+    """One bag holding every message of ``bags`` (topics of the same name share a connection)."""
+    store = panoptic_typestore()
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    with Writer(path, version=9, storage_plugin=plugin) as writer, \
+            AnyReader(bags, default_typestore=store) as reader:
+        conns = {}
+        for c in reader.connections:
+            if c.topic not in conns:
+                conns[c.topic] = writer.add_connection(c.topic, c.msgtype, typestore=store)
+        for c, t, raw in reader.messages():
+            writer.write(conns[c.topic], t, raw)
+    return path
+
+
+def test_several_cameras_in_one_bag(tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture) -> None:
+    front = write_rosbag(tmp_path / "front", synth_frames(21, n=3), camera="front")
+    rear = write_rosbag(tmp_path / "rear", synth_frames(22, n=3), camera="rear", compressed="png")
+    bag = merge_bags(tmp_path / "both", [front, rear])
+    out = tmp_path / "out"
+    rc, stdout, err = replay_cli([str(bag), "--out", str(out)], model_path, capsys)
+    assert rc == 0, err
+    assert "6 of 6 frame(s) from front, rear" in stdout
+    topics, messages = read_bag(out / "panoptic")
+    for cam, source in (("front", front), ("rear", rear)):
+        assert {t for t in topics if t.startswith(f"/{cam}/panoptic/")} == {f"/{cam}/{t}" for t in NODE_TOPICS}
+        assert [t for topic, t, _ in messages if topic == f"/{cam}/panoptic/image"] == input_stamps(source)
+        assert len(video_frames(out / f"overlay_{cam}.mp4")) == 3
+    assert not (out / "overlay.mp4").exists()
+
+
 def test_output_topic_names_are_the_nodes() -> None:
     from panoptic_ros.ros import topics
 
@@ -272,6 +307,26 @@ def test_live_replay_records_what_a_real_node_publishes(tmp_path: Path, model_pa
     timings = json.loads((tmp_path / "live" / "timings.json").read_text())
     assert timings["mode"] == "live" and timings["frames_dropped"] == 0 and len(timings["frames"]) == FRAMES
     assert all(r["latency_ms"] >= r["processing_ms"] > 0 for r in timings["frames"])
+
+
+@pytest.mark.timeout(120)
+def test_live_replay_without_a_node_says_why(tmp_path: Path, model_path: Path, bags: dict[str, Path],
+                                            capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("rclpy")
+    from helpers_ros import random_domain_id
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(random_domain_id()))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    monkeypatch.delenv("ROS_LOCALHOST_ONLY", raising=False)
+    rc, _, err = replay_cli([str(bags["mcap"]), "--out", str(tmp_path / "a"), "--live", "--node-running",
+                             "--startup-timeout", "2"], model_path, capsys)
+    line = one_error_line(err)
+    assert rc == 2 and "was not ready within 2 s" in line and "--node-running" in line
+    rc = cli.main(["replay", str(bags["mcap"]), "--out", str(tmp_path / "b"), "--live", "--model",
+                   str(tmp_path / "missing.safetensors"), "-p", "model.device:=cpu"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and "panoptic_node exited with code 1 before it was ready" in line
+    assert "missing.safetensors" in line and str(tmp_path / "b" / "node.log") in line
 
 
 # --------------------------------------------------------------------------- bad bags
@@ -433,3 +488,21 @@ def test_bad_arguments_exit_2(tmp_path: Path, model_path: Path, bags: dict[str, 
     (tmp_path / "taken" / "panoptic").mkdir(parents=True)
     rc, _, err = replay_cli([str(bags["mcap"]), "--out", str(tmp_path / "taken")], model_path, capsys)
     assert rc == 2 and "choose a new --out" in one_error_line(err)
+
+
+def test_node_parameters_from_file_flags_and_shortcuts(tmp_path: Path) -> None:
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("/**:\n  ros__parameters:\n    max_batch: 3\n    tracker:\n      min_hits: 4\n"
+                           "    model:\n      device: cuda\n")
+    params, explicit = replay.node_params("/m.safetensors", "cpu", params_file, [("tracker.min_hits", "2"),
+                                                                                ("overlay_alpha", "0.25")])
+    assert (params.max_batch, params.tracker.min_hits, params.model.device, params.model.path,
+            params.overlay_alpha) == (3, 2, "cpu", "/m.safetensors", 0.25)
+    assert explicit == {"max_batch": 3, "tracker.min_hits": 2, "model.device": "cpu",
+                        "model.path": "/m.safetensors", "overlay_alpha": 0.25}
+    # What a live node receives: ROS's YAML scalars, typed as the schema types them.
+    assert [replay.param_text(v) for v in (3, 0.25, 1.0, True, "/m.safetensors", ["front", "rear"], "it's")] == \
+        ["3", "0.25", "1.0", "true", "'/m.safetensors'", "['front', 'rear']", "'it''s'"]
+    with pytest.raises(ValueError, match="unknown parameter"):
+        replay.node_params(None, None, None, [("tracker.nope", "1")])
+    assert replay.parse_param("a.b:=c=d") == ("a.b", "c=d")

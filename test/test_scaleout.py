@@ -13,8 +13,9 @@ import pytest
 
 from panoptic_ros import cli
 from panoptic_ros.scaleout import ScaleOut, ScaleOutError, map_ordered
-from test_evaluate import make_pair
-from test_replay import PERMISSIVE, model_path, read_bag, synth_frames  # noqa: F401 - model_path is a fixture
+
+# The bag-writing helpers of test_evaluate and test_replay are imported inside the tests: worker processes
+# import this module to find slow_identity, and should not pay for them.
 
 
 def slow_identity(item: tuple[int, float]) -> int:
@@ -24,7 +25,7 @@ def slow_identity(item: tuple[int, float]) -> int:
 
 
 def test_map_ordered_keeps_item_order_whatever_finishes_first() -> None:
-    items = [(0, 3.0), (1, 0.0), (2, 0.1), (3, 0.0)]
+    items = [(0, 2.0), (1, 0.0), (2, 0.1), (3, 0.0)]
     finished: list[int] = []
     assert map_ordered(slow_identity, items, ScaleOut(1)) == [0, 1, 2, 3]
     results = map_ordered(slow_identity, items, ScaleOut(2), on_result=lambda i, r: finished.append(i))
@@ -40,6 +41,8 @@ def test_map_ordered_keeps_item_order_whatever_finishes_first() -> None:
 @pytest.fixture(scope="module")
 def bag_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three GT bags and their prediction bags (different mistakes and motion) under root/gt and root/pred."""
+    from test_evaluate import make_pair
+
     root = tmp_path_factory.mktemp("pairs")
     make_pair(root, "seq-a", "good")
     make_pair(root, "seq-b", "bad", shift=2, storage="sqlite3")
@@ -71,10 +74,18 @@ def test_evaluation_is_identical_serial_in_processes_and_on_ray(tmp_path: Path, 
     assert serial["counts"]["frames"] == 24 and serial["counts"]["frames_without_prediction"] == 1
 
 
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_replay import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
 @pytest.mark.timeout(240)
-def test_replay_of_a_directory_in_worker_processes_equals_serial(tmp_path: Path, model_path: Path,  # noqa: F811
+def test_replay_of_a_directory_in_worker_processes_equals_serial(tmp_path: Path, model_path: Path,
                                                                  capsys: pytest.CaptureFixture) -> None:
     from panoptic_ros.datasets.rosbag_io import write_rosbag
+    from test_replay import PERMISSIVE, read_bag, synth_frames
 
     for i, name in enumerate(("drive-a", "drive-b", "drive-c")):
         write_rosbag(tmp_path / "bags" / name, synth_frames(11 + i, n=3), storage="mcap" if i % 2 else "sqlite3")

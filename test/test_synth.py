@@ -2,6 +2,7 @@
 camera geometry, class coverage, and the contact sheet. Small images and few frames keep it fast."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import lru_cache
 
@@ -38,6 +39,13 @@ def test_frames_are_byte_identical_for_a_seed_in_any_render_order():
         assert _same(fa, fb)
     # rendering again from the same object gives the same bytes too
     assert _same(a.render(17), forward[1])
+
+
+def test_labels_only_pass_matches_the_full_render():
+    full = SyntheticSequence(8, 40, SMALL)
+    labels_only = SyntheticSequence(8, 40, SMALL)
+    for k in (0, 21, 39):
+        assert labels_only.objects(k) == full.render(k).objects
 
 
 def test_different_seeds_give_different_scenes():
@@ -125,6 +133,29 @@ def test_track_ids_are_unique_per_object_and_stable_over_time():
                 step_m = np.linalg.norm(p_world - last[o.track_id])
                 assert step_m < 3 * 16.0 / 10.0 + 1.0, f"track {o.track_id} jumped {step_m:.1f} m in 3 frames"
             last[o.track_id] = p_world
+
+
+def test_visible_fraction_is_visible_over_alone_pixels():
+    """Check against the object rendered in a world that holds nothing else."""
+    seq = _seq(2, 120)
+    checked = 0
+    for k in (30, 45, 60, 75, 90):
+        f = seq.render(k)
+        for o in f.objects:
+            if not 0.0 < o.visible_fraction < 1.0 or checked >= 12:
+                continue
+            actor = next(a for a in seq.world.actors if any(t == o.track_id for t, _ in a.model.tracks))
+            if len(actor.model.tracks) > 1:
+                continue  # rider and vehicle cover each other even when alone
+            alone_world = dataclasses.replace(seq.world, actors=[actor], statics=[])
+            alone = SyntheticSequence.from_world(alone_world)._rasterise(k, draw_image=False)
+            alone_inst = alone[2]
+            alone_px = int((alone_inst == o.track_id).sum())
+            assert o.visible_fraction == pytest.approx(o.area_px / alone_px, abs=1e-12)
+            ys, xs = np.nonzero(alone_inst == o.track_id)
+            assert o.amodal_box_xyxy == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            checked += 1
+    assert checked >= 5
 
 
 def test_unoccluded_lead_vehicle_is_fully_visible():

@@ -27,7 +27,7 @@ from panoptic_ros.image_codec import (DEFAULT_MAX_PIXELS, ImageDecodeError, comp
                                       image_to_numpy, image_to_rgb, numpy_to_image, parse_compressed_format)
 from panoptic_ros.msg import PanopticClassInfo, PanopticObject, PanopticObjectArray
 from panoptic_ros.panoptic import LABEL_DIVISOR, PANOPTIC_ENCODING
-from panoptic_ros.pipeline import FrameOutput
+from panoptic_ros.pipeline import MIN_IMAGE_SIDE_PX, FrameOutput
 
 # Decode-error kinds (diagnostics keys decode_errors.<kind>).
 SIZE, ENCODING, LAYOUT, FORMAT, CORRUPT = "size", "encoding", "layout", "format", "corrupt"
@@ -58,11 +58,21 @@ def s_to_stamp(seconds: float) -> Time:
 # --------------------------------------------------------------------------- inputs
 
 
+def check_size(width: int, height: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """InputRejected(SIZE) for an image too small to segment or over the pixel limit."""
+    if width < 1 or height < 1:
+        raise InputRejected(SIZE, f"image size {width}x{height} is empty")
+    if width < MIN_IMAGE_SIDE_PX or height < MIN_IMAGE_SIDE_PX:
+        raise InputRejected(SIZE, f"image size {width}x{height} is below the minimum of {MIN_IMAGE_SIDE_PX} px "
+                                  "a side; nothing can be segmented in it")
+    if width * height > max_pixels:
+        raise InputRejected(SIZE, f"image size {width}x{height} is over the limit of {max_pixels} pixels")
+
+
 def check_image(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
     """Cheap validity check of a raw image's fields (no pixel conversion); raises InputRejected."""
     h, w = int(msg.height), int(msg.width)
-    if h < 1 or w < 1 or h * w > max_pixels:
-        raise InputRejected(SIZE, f"image size {w}x{h} is empty or over the limit of {max_pixels} pixels")
+    check_size(w, h, max_pixels)
     try:
         info = describe_encoding(msg.encoding)
     except ImageDecodeError as exc:
@@ -108,18 +118,39 @@ def compressed_rgb(msg: CompressedImage, max_pixels: int = DEFAULT_MAX_PIXELS) -
         pixels = ((pixels.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)  # v / 257, rounded
     if pixels.dtype != np.uint8:
         raise InputRejected(FORMAT, f"compressed image decoded to {pixels.dtype}, not an 8/16-bit image")
+    check_size(pixels.shape[1], pixels.shape[0], max_pixels)
     if pixels.ndim == 2:
         pixels = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
     return pixels
 
 
-def camera_info_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
-    """The pinhole part of a CameraInfo; ValueError naming the problem (NaN, zero focal length, no size)."""
+# Focal length / longer image side of any real camera: from a fisheye's ~180 degree field of view
+# (ratio ~1e-3 at the extreme) to a ~0.001 degree telescope (ratio ~6e4). Outside this, a CameraInfo is
+# garbage, and numbers that small or large underflow or overflow once scaled to another resolution.
+FOCAL_TO_SIDE_RANGE = (1e-3, 1e5)
+PRINCIPAL_POINT_MAX_SIDES = 10.0  # |cx| / width and |cy| / height: beyond this the principal point is garbage
+
+
+def camera_info_intrinsics(msg: CameraInfo, max_pixels: int = DEFAULT_MAX_PIXELS) -> CameraIntrinsics:
+    """The pinhole part of a CameraInfo; ValueError naming the problem (NaN, zero or absurd focal length,
+    absurd principal point, no size or an absurd one)."""
     k = [float(v) for v in msg.k]
     if len(k) != 9 or not all(math.isfinite(v) for v in k):
         raise ValueError(f"CameraInfo K has non-finite entries {k}")
-    if int(msg.width) < 1 or int(msg.height) < 1:
+    width, height = int(msg.width), int(msg.height)
+    if width < 1 or height < 1:
         raise ValueError(f"CameraInfo image size {msg.width}x{msg.height} is empty (camera not calibrated?)")
+    if width * height > max_pixels:
+        raise ValueError(f"CameraInfo image size {width}x{height} is over the limit of {max_pixels} pixels")
+    side = max(width, height)
+    lo, hi = FOCAL_TO_SIDE_RANGE[0] * side, FOCAL_TO_SIDE_RANGE[1] * side
+    for name, focal in (("fx", k[0]), ("fy", k[4])):
+        if not lo <= focal <= hi:
+            raise ValueError(f"CameraInfo K {name}={focal!r} px is not a focal length of a {width}x{height} "
+                             f"camera (expected {lo:g}..{hi:g} px); publish the calibrated K")
+    if abs(k[2]) > PRINCIPAL_POINT_MAX_SIDES * width or abs(k[5]) > PRINCIPAL_POINT_MAX_SIDES * height:
+        raise ValueError(f"CameraInfo principal point ({k[2]!r}, {k[5]!r}) px lies far outside the "
+                         f"{width}x{height} image; publish the calibrated K")
     try:
         return CameraIntrinsics.from_k(k, int(msg.width), int(msg.height))
     except ValueError as exc:

@@ -49,7 +49,6 @@ from panoptic_ros.msg import PanopticClassInfo, PanopticObjectArray
 from panoptic_ros.replay import (
     CAMERA_INFO_TYPE,
     CLASS_INFO_TYPE,
-    COMPRESSED_TYPE,
     IMAGE_TYPE,
     MODE_KEY,
     MODEL_KEY,
@@ -164,6 +163,7 @@ class _Ports:
     image_pub: Any
     info_pub: Any
     outputs: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (topic, msgtype)
+    subscriptions: list[Any] = field(default_factory=list)
 
 
 class _Graph:
@@ -202,7 +202,7 @@ class _Graph:
             with self._lock:
                 self.inbox.append(_Received(time.monotonic(), topic, msgtype, msg))
 
-        self.node.create_subscription(msg_class, topic, callback, qos)
+        ports.subscriptions.append(self.node.create_subscription(msg_class, topic, callback, qos))
         ports.outputs[key] = (topic, msgtype)
 
     def _spin(self) -> None:
@@ -225,9 +225,9 @@ class _Graph:
             for pub in (p.image_pub, p.info_pub):
                 if pub.get_subscription_count() == 0:
                     missing.append(pub.topic_name)
-            for topic, _ in p.outputs.values():
-                if self.node.count_publishers(topic) == 0:
-                    missing.append(topic)
+            for sub in p.subscriptions:
+                if sub.get_publisher_count() == 0:  # matched, not merely seen in the graph
+                    missing.append(sub.topic_name)
         return missing
 
     def close(self) -> None:
@@ -253,9 +253,11 @@ class LiveReplay:
         self._rows: list[dict[str, Any]] = []
         self._log_time: dict[tuple[str, int], int] = {}  # (topic prefix, stamp) -> input log time
         self._published_at: dict[tuple[str, int], float] = {}
+        self._received: dict[tuple[str, int], set[str]] = {}  # (topic prefix, stamp) -> output topics recorded
         self._class_infos: list[_Received] = []
         self._first_log_ns: int | None = None
         self._last_output_s = 0.0
+        self._slowest_s = 0.0  # the longest processing_time_s the node has reported
 
     def run(self) -> ReplayResult:
         t0 = time.perf_counter()
@@ -380,13 +382,18 @@ class LiveReplay:
                                   bytes(message.raw))
 
     def _drain(self, graph: _Graph, node: NodeProcess | None) -> None:
+        """Record until every published frame has all its outputs, the node is quiet, or time is up."""
         start = time.monotonic()
         self._last_output_s = max(self._last_output_s, start)
+        expected = {topic for p in graph.ports for key, (topic, _) in p.outputs.items() if key != "class_info"}
         while time.monotonic() - start < DRAIN_LIMIT_S:
             self._record(graph)
-            if all(c.frames_out >= c.frames_in for c in self.counts.values()):
+            if len(self._received) == len(self._log_time) and all(
+                    got >= {t for t in expected if t.startswith(prefix + "/panoptic/")}
+                    for (prefix, _), got in self._received.items()):
                 return
-            if time.monotonic() - self._last_output_s > QUIET_S or (node is not None and not node.running()):
+            quiet_s = max(QUIET_S, 3.0 * self._slowest_s)  # a slow model gets time for its last frame
+            if time.monotonic() - self._last_output_s > quiet_s or (node is not None and not node.running()):
                 return
             time.sleep(0.05)
 
@@ -409,9 +416,11 @@ class LiveReplay:
             if stream is None or log_ns is None:
                 continue  # not an answer to a frame we published (a late one from an earlier run)
             self.outbag.write(r.topic, r.msgtype, log_ns, serialize_message(r.msg))
+            self._received.setdefault((prefix, stamp), set()).add(r.topic)
             self._last_output_s = r.wall_s
             if r.topic.endswith("/" + node_topics.OBJECTS):
                 self.counts[stream.name].frames_out += 1
+                self._slowest_s = max(self._slowest_s, float(r.msg.processing_time_s))
                 sent = self._published_at.get((prefix, stamp), r.wall_s)
                 self._rows.append({"camera": stream.name, "stamp_ns": stamp, "frame_index": int(r.msg.frame_index),
                                    "processing_ms": float(r.msg.processing_time_s) * 1e3,

@@ -328,6 +328,8 @@ class PanopticNode(Node):
                 self._warn((cam.name, "publish"), f"camera {cam.name}: publishing failed: {exc!r}")
 
     def _decode(self, cam: CameraPorts, pending: PendingFrame) -> CameraFrame | None:
+        """The frame ready for the pipeline, or None (counted: a decode error of its kind, or a processing
+        error when something unforeseen failed, so every taken frame is accounted for)."""
         t0 = time.perf_counter()
         msg = pending.msg
         try:
@@ -335,12 +337,15 @@ class PanopticNode(Node):
                 rgb = convert.compressed_rgb(msg)
             else:
                 rgb = convert.image_rgb(msg)
+            decode_ms = (time.perf_counter() - t0) * 1e3
+            return CameraFrame(cam.name, rgb, pending.stamp_s, self._intrinsics(cam, pending.stamp_s, rgb.shape),
+                               decode_ms=decode_ms)
         except convert.InputRejected as exc:
             self._decode_error(cam, exc)
-            return None
-        decode_ms = (time.perf_counter() - t0) * 1e3
-        return CameraFrame(cam.name, rgb, pending.stamp_s, self._intrinsics(cam, pending.stamp_s, rgb.shape),
-                           decode_ms=decode_ms)
+        except Exception as exc:  # noqa: BLE001 - a bug here costs this frame, not the whole cycle
+            cam.stats.add(diagnostics.PROCESSING_ERRORS)
+            self._warn((cam.name, "decode_failed"), f"camera {cam.name}: preparing an image failed: {exc!r}")
+        return None
 
     def _intrinsics(self, cam: CameraPorts, stamp_s: float, shape: tuple[int, ...]):
         if not len(cam.info):

@@ -26,7 +26,8 @@ from panoptic_ros.classes import VOID
 from panoptic_ros.datasets.types import ObjectAnnotation, PanopticFrame
 from panoptic_ros.synth import textures as tx
 from panoptic_ros.synth.textures import rng_for
-from panoptic_ros.synth.world import NEAR_M, SKY, Actor, Mesh, SynthConfig, World, build_world, contact_indices
+from panoptic_ros.synth.world import (FACE_PAD, NEAR_M, SKY, Actor, Mesh, SynthConfig, World, build_world,
+                                      contact_indices)
 
 _SHIFT = 4  # sub-pixel bits of cv2 polygon coordinates
 _ONE = 1 << _SHIFT
@@ -127,7 +128,8 @@ class _Pack:
         nd = np.array([0] + [len(m.details) for m in meshes]).cumsum()
         z0 = np.array([f[2] for f in fps])
         z1 = np.array([f[3] for f in fps])
-        cat = (lambda xs, w: np.concatenate(xs) if xs else np.zeros((0, w)))
+        def cat(xs: list[np.ndarray], *shape: int) -> np.ndarray:  # concatenate, also no arrays at all
+            return np.concatenate(xs) if xs else np.zeros((0, *shape))
         big = np.array([m.aabb[3] - m.aabb[2] > 10.0 or m.aabb[5] - m.aabb[4] > 10.0 for m in meshes], bool)
         ab = np.array([m.aabb for m in meshes]).reshape(-1, 6)
         return cls(
@@ -136,9 +138,9 @@ class _Pack:
             np.where(big, 1.4, 0.55), float((z1 - z0).max()) if len(fps) else 0.0,
             cat([m.verts for m in meshes], 3), cat([m.normals for m in meshes], 3),
             cat([m.centers for m in meshes], 3), cat([m.colors for m in meshes], 3),
-            np.concatenate([m.face_pad + nv[i] for i, m in enumerate(meshes)]).astype(np.int64),
-            np.concatenate([(m.classes << _CLASS_SHIFT) | m.tracks for m in meshes]).astype(np.int64),
-            np.concatenate([_face_lengths(m) for m in meshes]),
+            cat([m.face_pad + nv[i] for i, m in enumerate(meshes)], FACE_PAD).astype(np.int64),
+            cat([(m.classes << _CLASS_SHIFT) | m.tracks for m in meshes]).astype(np.int64),
+            cat([_face_lengths(m) for m in meshes]).astype(np.int64),
             np.array([d.parent + nf[i] for i, m in enumerate(meshes) for d in m.details], dtype=np.int64),
             np.array([d.color for m in meshes for d in m.details]).reshape(-1, 3),
             nv, nf, nd)
@@ -204,14 +206,28 @@ class SyntheticSequence:
         config = config if config is not None else SynthConfig()
         if not isinstance(config, SynthConfig):
             raise TypeError(f"config must be a SynthConfig, got {type(config).__name__}")
-        self.seed = int(seed)
-        self.num_frames = int(num_frames)
-        self.config = config
-        self.world = build_world(self.seed, self.num_frames, self.config)
+        self._setup(build_world(int(seed), int(num_frames), config))
+
+    @classmethod
+    def from_world(cls, world: World) -> "SyntheticSequence":
+        """Render a given (e.g. edited) world instead of simulating one from a seed."""
+        if not isinstance(world, World):
+            raise TypeError(f"from_world takes a World, got {type(world).__name__}")
+        seq = cls.__new__(cls)
+        seq._setup(world)
+        return seq
+
+    def _setup(self, world: World) -> None:
+        self.world = world
+        self.seed = world.seed
+        self.num_frames = world.num_frames
+        self.config = world.config
         self.name = f"synth_{self.seed:06d}"
         self.camera = CameraModel(self.world.intrinsics,
                                   CameraMounting(self.world.camera_height_m, self.world.pitch_rad))
         self._pack = _Pack.of(self.world)
+        self._ground_detail_arrays = np.array([(d.z0, d.z1, d.reach_m, float(d.label))
+                                               for d in self.world.ground_details]).reshape(-1, 4)
         actors = self.world.actors
         self._poses = np.stack([a.pose for a in actors]) if actors else np.zeros((0, self.num_frames, 3))
         self._radii = np.array([a.radius_m for a in actors])
@@ -230,7 +246,7 @@ class SyntheticSequence:
         k = self._check_index(k)
         img, sem, inst, objects, cam = self._rasterise(k, draw_image=True)
         self._objects[k] = objects
-        return PanopticFrame(image=img, semantic=sem, instance=inst, objects=objects, camera=cam,
+        return PanopticFrame(image=img, semantic=sem, instance=inst, objects=list(objects), camera=cam,
                              stamp_ns=int(round(k * 1e9 / self.config.fps)), frame_index=k, sequence=self.name)
 
     def objects(self, k: int) -> list[ObjectAnnotation]:
@@ -238,7 +254,7 @@ class SyntheticSequence:
         k = self._check_index(k)
         if k not in self._objects:
             self._objects[k] = self._rasterise(k, draw_image=False)[3]
-        return self._objects[k]
+        return list(self._objects[k])
 
     def occlusion_events(self, visible_fraction: float = 0.1) -> list[OcclusionEvent]:
         """Full occlusions with re-emergence, from the rendered visibility of every frame.
@@ -278,11 +294,16 @@ class SyntheticSequence:
             self._draw_shadows(cam, rot, c, img, units)
         polys: dict[int, list[np.ndarray]] = {}
         k4 = _k4(cam)
-        for i in _paint_order(units, c):
+        order, covered = _paint_order(units, c)
+        for i in order:
             _draw_unit(units[i], geo, img, lab, polys, draw_image, k4)
         sem = (lab >> _CLASS_SHIFT).astype(np.uint8)
         inst = lab & _TRACK_MASK
-        objects = self._annotate(k, cam, rot, c, units, polys, sem, inst)
+        uncovered: set[int] = set()  # things nothing is drawn over, alone in their unit
+        for i in np.flatnonzero(~covered).tolist():
+            if units[i].actor >= 0 and len(world.actors[units[i].actor].model.tracks) == 1:
+                uncovered.add(world.actors[units[i].actor].model.tracks[0][0])
+        objects = self._annotate(k, cam, rot, c, units, polys, sem, inst, uncovered)
         if draw_image:
             img = self._post(k, img, sem)
         return img, sem, inst, objects, cam
@@ -316,13 +337,18 @@ class SyntheticSequence:
                 quads.append(_ground_quad(g.x0, g.x1, max(g.z0, cz - 30.0), g.z1))
                 meta.append((gi, -1))
             if img is not None:
-                for bi in range(len(bands) - 1):
-                    za, zb = max(g.z0, bands[bi]), min(g.z1, bands[bi + 1])
+                # thin markings get every other band: their haze steps are invisible anyway
+                step = 1 if g.label else 2
+                for bi in range(0, len(bands) - 1, step):
+                    za, zb = max(g.z0, bands[bi]), min(g.z1, bands[min(bi + step, len(bands) - 1)])
                     if zb > za:
                         quads.append(_ground_quad(g.x0, g.x1, za, zb))
                         meta.append((gi, bi))
-        reach = cz + self.config.view_distance_m
-        details = [d for d in world.ground_details if d.z1 > cz - 5.0 and d.z0 < reach and (d.label or img is not None)]
+        gd = self._ground_detail_arrays
+        sel = (gd[:, 1] > cz - 5.0) & (gd[:, 0] < cz + np.minimum(gd[:, 2], self.config.view_distance_m))
+        if img is None:
+            sel &= gd[:, 3] > 0
+        details = [world.ground_details[i] for i in np.flatnonzero(sel).tolist()]
         for di, d in enumerate(details):
             quads.append(_ground_quad(d.x0, d.x1, d.z0, d.z1))
             meta.append((-1, di))
@@ -572,7 +598,9 @@ class SyntheticSequence:
 
     # ------------------------------------------------------------------ annotations
     def _annotate(self, k, cam: CameraModel, rot, c, units: list[_Unit], polys: dict[int, list[np.ndarray]],
-                  sem: np.ndarray, inst: np.ndarray) -> list[ObjectAnnotation]:
+                  sem: np.ndarray, inst: np.ndarray, uncovered: set[int]) -> list[ObjectAnnotation]:
+        """Per-thing ground truth; things in ``uncovered`` have nothing drawn over them (and no other
+        instance in their unit), so their unoccluded silhouette is exactly their visible pixels."""
         H, W = self.config.height, self.config.width
         min_area = self.config.min_thing_area_px
         world = self.world
@@ -614,10 +642,13 @@ class SyntheticSequence:
                     sem[y0:y1, x0:x1][m] = VOID
                     sub_inst[m] = 0
                 continue
-            alone = np.zeros((y1 - y0, x1 - x0), np.uint8)
-            off = np.array([x0 * _ONE, y0 * _ONE], np.int32)
-            for p in plist:
-                cv2.fillConvexPoly(alone, p - off, 1, _LINE, _SHIFT)
+            if tid in uncovered:
+                alone = mine
+            else:
+                alone = np.zeros((y1 - y0, x1 - x0), np.uint8)
+                off = np.array([x0 * _ONE, y0 * _ONE], np.int32)
+                for p in plist:
+                    cv2.fillConvexPoly(alone, p - off, 1, _LINE, _SHIFT)
             alone_px = int(cv2.countNonZero(alone))
             if alone_px == 0:
                 continue
@@ -738,13 +769,14 @@ def _animate(mesh: Mesh, phase: float) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return v, normals, centers
 
 
-def _paint_order(units: list[_Unit], c: np.ndarray) -> list[int]:
-    """Far-to-near order, exact for disjoint ground footprints (see the module docstring)."""
+def _paint_order(units: list[_Unit], c: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Far-to-near order, exact for disjoint ground footprints (see the module docstring), and per unit
+    whether a unit drawn later overlaps its screen box (grown by a pixel for rasterisation slack)."""
     n = len(units)
     if n == 0:
-        return []
+        return [], np.zeros(0, bool)
     fp = np.array([u.footprint for u in units])
-    sc = np.array([u.screen for u in units])
+    sc = np.array([u.screen for u in units]) + np.array([-1.0, -1.0, 1.0, 1.0])
     depth = np.array([u.depth for u in units])
     cx, cz = c[0], c[2]
     overlap = ((sc[:, None, 0] < sc[None, :, 2]) & (sc[None, :, 0] < sc[:, None, 2])
@@ -775,7 +807,10 @@ def _paint_order(units: list[_Unit], c: np.ndarray) -> list[int]:
         idx = idx[np.argsort(-depth[idx], kind="stable")]
         order.extend(int(i) for i in idx)
         remaining[idx] = False
-    return order
+    pos = np.empty(n, np.int64)
+    pos[order] = np.arange(n)
+    covered = (overlap & (pos[None, :] > pos[:, None])).any(axis=1)
+    return order, covered
 
 
 def _draw_unit(u: _Unit, geo: _FrameGeometry, img, lab, polys: dict[int, list[np.ndarray]],

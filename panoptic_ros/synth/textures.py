@@ -266,7 +266,7 @@ def make_grain(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     fine = rng.standard_normal((height, width)).astype(np.float32)
     fine = cv2.GaussianBlur(fine, (3, 3), 0.7)
     blot = smooth_noise(rng, height, width, max(3.0, width / 160.0))
-    g = 26.0 * fine + 30.0 * blot
+    g = 18.0 * fine + 26.0 * blot
     return np.clip(g, -127, 127).astype(np.int16)
 
 

@@ -10,7 +10,7 @@ frames use the same axes (x right, y down, z forward), with the origin on the gr
 at the centre of the object's footprint. Headings rotate about Y: heading 0 faces +Z,
 heading pi faces -Z (oncoming traffic).
 
-Occlusion events are arranged on purpose (:func:`plan_occlusions`): a bus or truck in
+Occlusion events are arranged on purpose (``WorldBuilder._plan_occlusions``): a bus or truck in
 a lane between the camera and something farther out (a pedestrian on the far sidewalk,
 a parked car, a car in the far lane, a cyclist) is placed and timed so that the farther
 object disappears completely behind it for 10-40 frames and re-emerges. The plan is
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,34 +36,35 @@ NEAR_M = 0.25  # near clipping plane of the renderer
 FACE_PAD = 10  # most vertices of one face (Mesh.face_pad width)
 
 
-def _range_field(lo: float, hi: float):
-    return field(default=(lo, hi))
-
-
 @dataclass(frozen=True)
 class SynthConfig:
-    """All knobs of the generator. Ranges are (low, high) and are sampled once per sequence."""
+    """All knobs of the generator. Ranges are (low, high) and are sampled once per sequence.
 
-    height: int = 512
-    width: int = 1024
-    fps: float = 10.0
-    hfov_deg: tuple[float, float] = (50.0, 64.0)
-    camera_height_m: tuple[float, float] = (1.2, 1.7)
-    pitch_deg: tuple[float, float] = (1.0, 5.0)  # downward
-    pitch_bounce_deg: float = 0.3  # amplitude of the per-frame pitch oscillation
-    ego_speed_mps: tuple[float, float] = (3.0, 13.0)
-    lane_change_probability: float = 0.35
-    traffic_density: float = 1.0  # scales the number of vehicles per lane
-    pedestrian_density: float = 1.0
+    The simulated world of a seed depends on (seed, num_frames) and on these knobs, but not on
+    ``height``/``width`` as long as the aspect ratio stays the same: a seed shows the same scene
+    at 256x512 and at 512x1024.
+    """
+
+    height: int = 512  # image rows
+    width: int = 1024  # image columns
+    fps: float = 10.0  # frame rate: stamps and motion per frame
+    hfov_deg: tuple[float, float] = (50.0, 64.0)  # horizontal field of view (square pixels)
+    camera_height_m: tuple[float, float] = (1.2, 1.7)  # optical centre above the road
+    pitch_deg: tuple[float, float] = (1.0, 5.0)  # downward pitch of the mounting
+    pitch_bounce_deg: float = 0.3  # amplitude of the per-frame pitch oscillation (frame.camera has it)
+    ego_speed_mps: tuple[float, float] = (3.0, 13.0)  # the ego's speed varies within this range
+    lane_change_probability: float = 0.35  # chance of one lane change when a same-direction lane exists
+    traffic_density: float = 1.0  # scales moving and parked vehicles
+    pedestrian_density: float = 1.0  # scales people on sidewalks and crossing the street
     occlusion_events_per_100_frames: float = 1.5  # scripted full occlusions behind buses/trucks
-    view_distance_m: float = 170.0  # things and props farther than this are not drawn
+    view_distance_m: float = 170.0  # things farther than this are not drawn (small props: 0.55x)
     min_thing_area_px_at_256x512: float = 150.0  # smaller (unoccluded) things are labelled void
-    fog_probability: float = 0.15
+    fog_probability: float = 0.15  # weather of a sequence: fog, rain, overcast, else sunny
     rain_probability: float = 0.12
     overcast_probability: float = 0.33
     blur_probability: float = 0.08  # per frame: motion or defocus blur
     noise_sigma: tuple[float, float] = (1.0, 4.5)  # sensor noise, grey levels
-    effects: bool = True  # grain, blur, noise, rain; off gives flat-shaded images
+    effects: bool = True  # grain, blur, noise, rain; off gives flat-shaded images (labels unchanged)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.height, int) and isinstance(self.width, int) and self.height >= 16
@@ -402,7 +403,6 @@ def rects_z(z: float, rects_xh: np.ndarray) -> np.ndarray:
 
 
 def blob_shape(rng: np.random.Generator, k: int = 11) -> np.ndarray:
-    a = np.sort(rng.uniform(0, 2 * math.pi, k))
     a = np.linspace(0, 2 * math.pi, k, endpoint=False) + rng.uniform(-0.15, 0.15, k)
     r = rng.uniform(0.78, 1.0, k)
     return np.stack([r * np.cos(a), r * np.sin(a)], 1)
@@ -705,6 +705,7 @@ class GroundRect:
     class_id: int  # VOID-free: markings carry ROAD
     color: tuple[float, float, float]
     label: bool  # False: image-only (markings, patches)
+    reach_m: float = float("inf")  # not drawn farther ahead than this (fine texture)
 
 
 @dataclass
@@ -904,7 +905,7 @@ def simulate_ego(rng: np.random.Generator, layout: StreetLayout, n: int, cfg: Sy
         dur = rng.uniform(2.5, 4.5) * fps
         s = np.clip((np.arange(n) - t0) / dur, 0.0, 1.0)
         x = x + (target.x_m - lane.x_m) * (3 * s ** 2 - 2 * s ** 3)
-    dx = np.gradient(x) * fps
+    dx = np.gradient(x) * fps if n >= 2 else np.zeros(n)
     yaw = np.arctan2(dx, np.maximum(v, 0.5))
     bounce = math.radians(cfg.pitch_bounce_deg) * _smooth_series(rng, n, fps, (0.5, 1.2), 2) * np.clip(v / 8, 0.3, 1)
     pitch = pitch0 + bounce
@@ -957,6 +958,7 @@ class WorldBuilder:
         self.book = _LaneBook()
         self.planned: list[PlannedOcclusion] = []
         self._rots: tuple[np.ndarray, np.ndarray] | None = None
+        self.yards: list[GroundRect] = []  # front yards of set-back buildings, filled with the buildings
 
     def new_id(self) -> int:
         t = self.next_id
@@ -1156,22 +1158,26 @@ class WorldBuilder:
         if heading_b:
             z0, z1 = -z1, -z0
             x0, x1 = -x1, -x0
-        bmin = np.stack([bln.x_m + np.full(n, x0), np.full(n, -h1), zb + z0], 1)
-        bmax = np.stack([bln.x_m + np.full(n, x1), np.full(n, -h0), zb + z1], 1)
+        # only a window of frames around kc is tested (long sequences stay cheap)
+        w0, w1 = max(0, kc - 70), min(n, kc + 71)
+        m = w1 - w0
+        zbw = zb[w0:w1]
+        bmin = np.stack([bln.x_m + np.full(m, x0), np.full(m, -h1), zbw + z0], 1)
+        bmax = np.stack([bln.x_m + np.full(m, x1), np.full(m, -h0), zbw + z1], 1)
         a = o_model.mesh.aabb  # x0 x1 y0 y1 z0 z1 (local)
         corners = np.array([[x, y, z] for x in a[0:2] for y in a[2:4] for z in a[4:6]])
         K = len(offsets)
-        base = np.stack([np.full((n, K), o_x), np.zeros((n, K)), zo_all.T], 2)  # (n, K, 3)
-        pts = (base[:, :, None, :] + corners[None, None]).reshape(n, K * 8, 3)
-        hidden = _ray_box_hidden(cams, pts, bmin, bmax).reshape(n, K, 8).all(axis=2)
+        base = np.stack([np.full((m, K), o_x), np.zeros((m, K)), zo_all[:, w0:w1].T], 2)  # (m, K, 3)
+        pts = (base[:, :, None, :] + corners[None, None]).reshape(m, K * 8, 3)
+        hidden = _ray_box_hidden(cams[w0:w1], pts, bmin, bmax).reshape(m, K, 8).all(axis=2)
         runs = [j for j in range(K) if _has_run(hidden[:, j], 12, 36)]
         if not runs:
             return False
         # clearly visible: most corners of the box shrunk about its centre are unobstructed
         shrunk = (base[:, runs, None, :] + 0.6 * corners[None, None] + 0.4 * corners.mean(axis=0))
-        clear = np.zeros((n, K), bool)
-        clear[:, runs] = _ray_box_hidden(cams, shrunk.reshape(n, -1, 3), bmin, bmax).reshape(
-            n, len(runs), 8).sum(axis=2) <= 2
+        clear = np.zeros((m, K), bool)
+        clear[:, runs] = _ray_box_hidden(cams[w0:w1], shrunk.reshape(m, -1, 3), bmin, bmax).reshape(
+            m, len(runs), 8).sum(axis=2) <= 2
         found = None
         for j in rng.permutation(runs).tolist():
             zo = zo_all[j]
@@ -1180,13 +1186,14 @@ class WorldBuilder:
                 if self._in_lane_conflicts_ego(where, zo, ho + 1.0) or \
                         not self.book.free(where, zo[0] - ho - 4, zo[0] + ho + 4):
                     continue
-            run = self._usable_run(hidden[:, j], clear[:, j], pts.reshape(n, K, 8, 3)[:, j])
+            run = self._usable_run(hidden[:, j], clear[:, j], pts.reshape(m, K, 8, 3)[:, j], w0)
             if run is not None:
                 found = (zo, run)
                 break
         if found is None:
             return False
         zo, (s, e) = found
+        s, e = s + w0, e + w0
         pose_b = np.stack([np.full(n, bln.x_m), zb, np.full(n, heading_b)], 1)
         heading_o = 0.0 if o_v > 0 else (math.pi if o_v < 0 else float(rng.choice([0.0, math.pi / 2, math.pi])))
         if what == "lane":
@@ -1216,9 +1223,11 @@ class WorldBuilder:
             return float(np.clip(v_ego * rng.uniform(0.4, 1.7), 2.0, 16.0))
         return -float(rng.uniform(2.0, 10.0))
 
-    def _usable_run(self, hidden: np.ndarray, clear: np.ndarray, pts: np.ndarray) -> tuple[int, int] | None:
+    def _usable_run(self, hidden: np.ndarray, clear: np.ndarray, pts: np.ndarray, frame0: int
+                    ) -> tuple[int, int] | None:
         """The first run of hidden frames 12..36 long, inside the image throughout, entered from and left
-        to clearly visible frames (unobstructed, in the image, big enough) within a few frames."""
+        to clearly visible frames (unobstructed, in the image, big enough) within a few frames. The
+        arrays cover frames ``frame0``...; the run is returned relative to it."""
         n = len(hidden)
         edges = np.flatnonzero(np.diff(np.concatenate([[0], hidden.astype(np.int8), [0]])))
         for s, e in zip(edges[0::2], edges[1::2] - 1):
@@ -1232,19 +1241,20 @@ class WorldBuilder:
                 b += 1
             if a < 1 or b > n - 2 or not (clear[a] and clear[a - 1] and clear[b] and clear[b + 1]):
                 continue
-            if self._visible_enough(pts, np.array([a - 1, a, b, b + 1]), need_area=True) and \
-                    self._visible_enough(pts, np.arange(a, b + 1), need_area=False):
+            if self._visible_enough(pts, np.array([a - 1, a, b, b + 1]), frame0, need_area=True) and \
+                    self._visible_enough(pts, np.arange(a, b + 1), frame0, need_area=False):
                 return int(s), int(e)
         return None
 
-    def _visible_enough(self, pts: np.ndarray, frames: np.ndarray, need_area: bool) -> bool:
-        """Whether the (N, 8, 3) box corners are in front of the camera and inside the image in all
-        ``frames``; with ``need_area``, wholly inside and big enough to be labelled."""
-        frames = frames[(frames >= 0) & (frames < self.n)]
+    def _visible_enough(self, pts: np.ndarray, frames: np.ndarray, frame0: int, need_area: bool) -> bool:
+        """Whether the (N, 8, 3) box corners (of frames frame0...) are in front of the camera and in the
+        image in all ``frames`` (relative to frame0); with ``need_area``, centred and big enough."""
+        frames = frames[(frames >= 0) & (frames < len(pts))]
         if len(frames) == 0:
             return False
         rots, cams = self._frame_rotations()
-        p = np.einsum("fij,fpj->fpi", rots[frames], pts[frames] - cams[frames][:, None, :])  # (F, 8, 3)
+        fa = frames + frame0
+        p = np.einsum("fij,fpj->fpi", rots[fa], pts[frames] - cams[fa][:, None, :])  # (F, 8, 3)
         if (p[:, :, 2] < 1.0).any():
             return False
         # measured on a 256x512 image of the same field of view, so that the world of a seed does
@@ -1475,7 +1485,6 @@ class WorldBuilder:
         pal = self.palette
         prop = lay.property_left_m if side < 0 else lay.property_right_m
         z = self.z_lo - rng.uniform(0, 20)
-        self.yards: list[GroundRect] = getattr(self, "yards", [])
         while z < self.z_hi + 60:
             length = rng.uniform(8.0, 32.0)
             if rng.random() < 0.22:  # gap: a lawn with trees or a back building
@@ -1719,7 +1728,7 @@ class WorldBuilder:
             a, b = sorted((kerb_in, kerb_out))
             strips.append(GroundRect(a, b, z0, z1, SIDEWALK, pal.kerb, True))
         # markings (image only; they are road)
-        details: list[GroundRect] = list(getattr(self, "yards", []))
+        details: list[GroundRect] = list(self.yards)
         mk = pal.marking
         drive = [ln for ln in lay.lanes if ln.kind == "drive"]
         w = 0.13
@@ -1749,6 +1758,14 @@ class WorldBuilder:
             wx, wz = rng.uniform(0.4, 3.0), rng.uniform(0.4, 6.0)
             col = tuple(float(v) for v in np.asarray(pal.road_patch) * rng.uniform(0.9, 1.15))
             details.append(GroundRect(x, min(lay.road_right_m, x + wx), zz, zz + wz, ROAD, col, False))
+        # paving joints across the walkways, near the camera only
+        joint = pal.sidewalk_joint
+        for side in (-1, 1):
+            wx0, wx1 = lay.walk_band(side)
+            wx0, wx1 = wx0 - 0.35, wx1 + 0.35
+            step = rng.uniform(1.0, 2.0)
+            for zz in np.arange(self.z_lo, self.z_hi, step):
+                details.append(GroundRect(wx0, wx1, zz, zz + 0.05, SIDEWALK, joint, False, reach_m=30.0))
         return strips, details
 
 
