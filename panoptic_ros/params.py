@@ -57,6 +57,10 @@ class ParamDef:
 class ModelParams:
     path: str = param("", "Model file (.safetensors with its .json model card beside it); empty = the shipped demo model")
     device: str = param("auto", "Inference device: auto (cuda if available), cpu, cuda or cuda:N")
+    fallback_device: str = param("", "Where the model moves, for good, when inference fails on its device even "
+                                     "for a single frame (out of memory or a device error; failing batches are "
+                                     "first retried in halves): '' = nowhere (the frame is skipped and counted) "
+                                     "or 'cpu'", choices=("", "cpu"))
     precision: str = param("auto", "Arithmetic: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16",
                            choices=("auto", "fp32", "fp16", "bf16"))
     input_height: int = param(0, "Network input height in pixels; 0 = the model card's", minimum=0, maximum=4096,

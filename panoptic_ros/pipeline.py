@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -113,6 +114,62 @@ class FrameOutput:
     timings: StageTimings = field(default_factory=StageTimings)
 
 
+@dataclass(frozen=True)
+class FrameFailure:
+    """A frame that could not be inferred even alone, after every recovery (see :meth:`Pipeline.process_each`)."""
+
+    frame: CameraFrame
+    error: BaseException
+
+
+class InferenceError(RuntimeError):
+    """Raised by :meth:`Pipeline.process` when frames failed on the device after every recovery; the cause is
+    the device's error."""
+
+
+# --------------------------------------------------------------------------- device faults
+
+OUT_OF_MEMORY, DEVICE_ERROR = "out_of_memory", "device_error"
+SPLIT, FALLBACK, GAVE_UP = "split", "fallback", "gave_up"
+# What accelerator runtimes say when the device, not our code or the input, failed.
+_DEVICE_ERROR_MARKERS = ("CUDA error", "CUDA out of memory", "device-side assert", "CUBLAS_STATUS", "CUDNN_STATUS",
+                         "cuDNN error", "illegal memory access", "HIP error", "misaligned address",
+                         "unspecified launch failure")
+
+
+def classify_inference_error(exc: BaseException) -> str | None:
+    """OUT_OF_MEMORY, DEVICE_ERROR, or None for anything else (a bug or bad input: never retried).
+
+    By type name and message, so the core needs no torch import: ``torch.cuda.OutOfMemoryError`` (a
+    RuntimeError), CPU allocation failures ("can't allocate memory"), and CUDA/cuBLAS/cuDNN runtime errors.
+    """
+    text = str(exc)
+    if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text.lower() \
+            or "can't allocate memory" in text:
+        return OUT_OF_MEMORY
+    if isinstance(exc, RuntimeError) and any(marker in text for marker in _DEVICE_ERROR_MARKERS):
+        return DEVICE_ERROR
+    return None
+
+
+@dataclass(frozen=True)
+class InferenceFault:
+    """One failed model call on the device and what the pipeline did about it."""
+
+    kind: str  # OUT_OF_MEMORY or DEVICE_ERROR
+    device: str  # where the call failed
+    batch_size: int  # frames in the failed call
+    action: str  # SPLIT: retried in two halves; FALLBACK: model moved to fallback_device, retried; GAVE_UP
+    message: str  # the error's first line
+
+    def describe(self) -> str:
+        what = {OUT_OF_MEMORY: "out of memory", DEVICE_ERROR: "device error"}[self.kind]
+        did = {SPLIT: f"retrying the batch of {self.batch_size} in two halves",
+               FALLBACK: "moved the model to the fallback device and retrying",
+               GAVE_UP: f"{self.batch_size} frame(s) skipped (no fallback_device, or it failed too)"}[self.action]
+        return f"inference on {self.device}: {what} ({self.message}); {did}"
+
+
 # --------------------------------------------------------------------------- configuration helpers
 
 
@@ -195,12 +252,17 @@ class Pipeline:
     Not thread-safe: call :meth:`process` and :meth:`set_params` from one thread.
     """
 
+    FAULT_HISTORY = 100  # fault events kept for take_faults(); the counts are kept forever
+
     def __init__(self, predictor: PanopticPredictor, tracker: TrackerParams | None = None,
-                 mount: CameraMountParams | None = None, max_batch: int = 6) -> None:
+                 mount: CameraMountParams | None = None, max_batch: int = 6, fallback_device: str = "") -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.predictor = predictor
         self.max_batch = int(max_batch)
+        self.fallback_device = fallback_device
+        self.fault_counts: Counter[str] = Counter()  # "<kind>" and "<action>" totals
+        self._faults: deque[InferenceFault] = deque(maxlen=self.FAULT_HISTORY)
         self._tracker_params = tracker if tracker is not None else TrackerParams()
         self._mount = mount if mount is not None else CameraMountParams()
         self._mount_overrides = parse_mount_overrides(self._mount.per_camera)
@@ -211,11 +273,22 @@ class Pipeline:
     def from_params(cls, params: NodeParams) -> "Pipeline":
         """Loads the model named by ``params.model`` (CheckpointError if it cannot be loaded)."""
         return cls(load_predictor(params.model), tracker=params.tracker, mount=params.mount,
-                   max_batch=params.max_batch)
+                   max_batch=params.max_batch, fallback_device=params.model.fallback_device)
 
     @property
     def classes(self) -> ClassTable:
         return self.predictor.classes
+
+    @property
+    def device(self) -> str:
+        """Where the model runs now (after a fallback, the fallback device)."""
+        return str(getattr(self.predictor, "device", "cpu"))
+
+    def take_faults(self) -> list[InferenceFault]:
+        """The fault events since the last call (at most FAULT_HISTORY), oldest first."""
+        faults = list(self._faults)
+        self._faults.clear()
+        return faults
 
     @property
     def cameras(self) -> list[str]:
@@ -259,15 +332,32 @@ class Pipeline:
         ValueError (before anything runs) for a frame that is not an (H, W, 3) uint8 image at least
         MIN_IMAGE_SIDE_PX on each side.
         """
+        outputs = self.process_each(frames)
+        failures = [o for o in outputs if isinstance(o, FrameFailure)]
+        if failures:
+            cameras = ", ".join(sorted({f.frame.camera for f in failures}))
+            raise InferenceError(f"{len(failures)} of {len(frames)} frame(s) ({cameras}) failed on the device: "
+                                 f"{failures[0].error!r}") from failures[0].error
+        return outputs  # type: ignore[return-value]
+
+    def process_each(self, frames: Sequence[CameraFrame]) -> list[FrameOutput | FrameFailure]:
+        """Like :meth:`process`, but device failures cost only the frames they hit: one entry per frame.
+
+        A model call that fails with out-of-memory or a device error (see
+        :func:`classify_inference_error`) is retried in two halves, down to
+        single frames; a single frame that still fails moves the model to
+        ``fallback_device`` (once, for good: a GPU that failed this way is not
+        trusted again) and is retried there; without one it becomes a
+        :class:`FrameFailure`. Every step is an :class:`InferenceFault` (see
+        :meth:`take_faults`). Any other exception propagates.
+        """
         for f in frames:
             check_frame(f)
-        outputs: list[FrameOutput] = []
+        outputs: list[FrameOutput | FrameFailure] = []
         for start in range(0, len(frames), self.max_batch):
-            chunk = frames[start:start + self.max_batch]
-            results = self.predictor.predict([f.image_rgb for f in chunk])
-            if len(results) != len(chunk):
-                raise RuntimeError(f"the predictor returned {len(results)} results for {len(chunk)} frames")
-            outputs += [self._finish(f, r) for f, r in zip(chunk, results)]
+            chunk = list(frames[start:start + self.max_batch])
+            for frame, result in zip(chunk, self._predict(chunk)):
+                outputs.append(result if isinstance(result, FrameFailure) else self._finish(frame, result))
         return outputs
 
     def overlay(self, output: FrameOutput, alpha: float = 0.5, labels: bool = True) -> np.ndarray:
@@ -282,6 +372,45 @@ class Pipeline:
                               self.classes.palette(), alpha, tags)
 
     # ------------------------------------------------------------------ internals
+
+    def _predict(self, chunk: list[CameraFrame]) -> list[PanopticResult | FrameFailure]:
+        try:
+            results = self.predictor.predict([f.image_rgb for f in chunk])
+        except Exception as exc:  # noqa: BLE001 - sorted below: device faults are recovered, the rest re-raised
+            kind = classify_inference_error(exc)
+            if kind is None:
+                raise
+            return self._recover(chunk, exc, kind)
+        if len(results) != len(chunk):
+            raise RuntimeError(f"the predictor returned {len(results)} results for {len(chunk)} frames")
+        return list(results)
+
+    def _recover(self, chunk: list[CameraFrame], exc: BaseException, kind: str) -> list[PanopticResult | FrameFailure]:
+        device = self.device
+        release = getattr(self.predictor, "release_cached_memory", None)
+        if release is not None:
+            release()  # what the failed call left cached; a smaller batch may fit now
+        if len(chunk) > 1:
+            self._fault(kind, device, len(chunk), SPLIT, exc)
+            half = (len(chunk) + 1) // 2
+            return self._predict(chunk[:half]) + self._predict(chunk[half:])
+        move = getattr(self.predictor, "to_device", None)
+        if self.fallback_device and move is not None and device != self.fallback_device:
+            self._fault(kind, device, 1, FALLBACK, exc)
+            try:
+                move(self.fallback_device)
+            except Exception as move_exc:  # noqa: BLE001 - a broken device may not even let the weights go
+                self._fault(classify_inference_error(move_exc) or kind, device, 1, GAVE_UP, move_exc)
+                return [FrameFailure(chunk[0], move_exc)]
+            return self._predict(chunk)
+        self._fault(kind, device, 1, GAVE_UP, exc)
+        return [FrameFailure(chunk[0], exc)]
+
+    def _fault(self, kind: str, device: str, batch_size: int, action: str, exc: BaseException) -> None:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        self._faults.append(InferenceFault(kind, device, batch_size, action, first_line))
+        self.fault_counts[kind] += 1
+        self.fault_counts[action] += 1
 
     def _state(self, camera: str) -> _CameraState:
         state = self._cameras.get(camera)
@@ -358,6 +487,7 @@ def ground_positions(camera: CameraModel | None, boxes_xyxy: Sequence[np.ndarray
     return [p.copy() if np.all(np.isfinite(p)) and p[2] > 0 else None for p in points]
 
 
-__all__ = ["MIN_IMAGE_SIDE_PX", "CameraFrame", "FrameOutput", "ObjectEstimate", "PanopticPredictor", "Pipeline",
-           "StageTimings", "check_frame", "default_model_path", "ground_positions", "load_predictor", "parse_mount_overrides",
-           "resolve_model_path"]
+__all__ = ["MIN_IMAGE_SIDE_PX", "CameraFrame", "FrameFailure", "FrameOutput", "InferenceError", "InferenceFault",
+           "ObjectEstimate", "PanopticPredictor", "Pipeline", "StageTimings", "check_frame",
+           "classify_inference_error", "default_model_path", "ground_positions", "load_predictor",
+           "parse_mount_overrides", "resolve_model_path"]

@@ -310,8 +310,10 @@ def _rosbags_errors() -> tuple[type[BaseException], ...]:
 
 
 def bag_read_errors() -> tuple[type[BaseException], ...]:
-    """Every exception type reading a truncated or corrupt bag raises (for callers that read bags themselves)."""
-    return _READ_ERRORS + _rosbags_errors()
+    """The storage-level errors a truncated or corrupt bag raises from the readers (``rosbags`` and its SQLite
+    and mcap layers), for callers that read bags themselves; not the generic ValueError/KeyError family,
+    which would hide bugs."""
+    return (sqlite3.Error, struct.error, EOFError, OSError) + _rosbags_errors()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -623,7 +625,8 @@ class ReplayResult:
     output_bag: Path | None = None
     videos: list[Path] = field(default_factory=list)
     timings: Path | None = None
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the whole replay, start-up (model load, node start) included
+    active_s: float = 0.0  # from the first frame read (offline) or published (live) to the last output
     error: str | None = None
     error_kind: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -645,12 +648,17 @@ class ReplayResult:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def frames_per_s(self) -> float:
+        """Outputs per second of active replay (live: bounded by the playback rate)."""
+        return self.frames_out / self.active_s if self.active_s > 0 else 0.0
+
     def summary_line(self) -> str:
-        fps = self.frames_out / self.wall_s if self.wall_s > 0 else 0.0
+        fps = self.frames_per_s
         cams = ", ".join(c.camera for c in self.cameras) or "no camera"
         outs = [str(p) for p in [self.output_bag, *self.videos, self.timings] if p is not None]
         text = (f"replayed {self.bag} ({self.mode}): {self.frames_out} of {self.frames_in} frame(s) from {cams} in "
-                f"{self.wall_s:.1f} s ({fps:.1f} frames/s)")
+                f"{self.active_s:.1f} s ({fps:.1f} frames/s; {self.wall_s:.1f} s with start-up)")
         if self.mode == "live":
             text += f", {self.frames_dropped} dropped"
         return text + (f"; wrote {', '.join(outs)}" if outs else "")
@@ -751,11 +759,12 @@ class OfflineReplay:
         self.params = settings.params
         self.predictor = predictor
         self.pipeline = Pipeline(predictor, tracker=self.params.tracker, mount=self.params.mount,
-                                 max_batch=self.params.max_batch)
+                                 max_batch=self.params.max_batch, fallback_device=self.params.model.fallback_device)
         self.result = ReplayResult(bag, out_dir, "offline")
         self._pending: list[_Pending] = []
         self._rows: list[dict[str, Any]] = []
         self._first_reason: str | None = None
+        self._faults: list[Any] = []  # InferenceFault
 
     def run(self) -> ReplayResult:
         t0 = time.perf_counter()
@@ -770,6 +779,7 @@ class OfflineReplay:
                 return self._failed(exc, t0)
             self._open_outputs(source)
             interrupted = False
+            t_active = time.perf_counter()
             try:
                 self._read(source)
             except BagError as exc:
@@ -781,6 +791,7 @@ class OfflineReplay:
                     if not interrupted:
                         self._flush()  # what was read before the damage still counts
                 finally:
+                    self.result.active_s = time.perf_counter() - t_active
                     self._close(time.perf_counter() - t0)
             if interrupted:
                 raise KeyboardInterrupt
@@ -842,7 +853,7 @@ class OfflineReplay:
 
     def _add_image(self, source: BagSource, stream: CameraStream, message: BagMessage) -> None:
         from panoptic_ros.datasets.rosbag_io import compressed_msg_to_rgb, image_msg_to_rgb
-        from panoptic_ros.pipeline import CameraFrame
+        from panoptic_ros.pipeline import CameraFrame, check_frame
 
         counts = self.counts[stream.name]
         counts.frames_in += 1
@@ -855,12 +866,20 @@ class OfflineReplay:
         except BagError:
             raise
         except (DatasetError,) + _READ_ERRORS + _rosbags_errors() as exc:
-            counts.frames_skipped += 1
-            self._first_reason = self._first_reason or _one_line(exc)
+            self._skip(counts, _one_line(exc))
             return
         decode_ms = (time.perf_counter() - t0) * 1e3
         frame = CameraFrame(stream.name, rgb, stamp_ns / 1e9, None, decode_ms=decode_ms)
+        try:
+            check_frame(frame)  # e.g. too small to segment: skipped like the node skips it
+        except ValueError as exc:
+            self._skip(counts, f"{message.topic} at {stamp_ns} ns: {exc}")
+            return
         self._pending.append(_Pending(stream, frame, stamp_ns, str(msg.header.frame_id), message.log_time_ns))
+
+    def _skip(self, counts: CameraCounts, reason: str) -> None:
+        counts.frames_skipped += 1
+        self._first_reason = self._first_reason or reason
 
     def _flush(self) -> None:
         if not self._pending:
@@ -871,9 +890,16 @@ class OfflineReplay:
             k = self.infos[p.stream.name].match(p.stamp_ns, self.params.camera_info_tolerance_s,
                                                 p.frame.image_rgb.shape)
             frames.append(replace(p.frame, intrinsics=k))
-        outputs = self.pipeline.process(frames)
+        from panoptic_ros.pipeline import FrameFailure
+
+        outputs = self.pipeline.process_each(frames)  # a device fault costs only the frames it hits
+        self._faults += self.pipeline.take_faults()
         for p, out in zip(pending, outputs):
-            self._write(p, out)
+            if isinstance(out, FrameFailure):
+                self._skip(self.counts[p.stream.name], f"{p.stream.image_topic} at {p.stamp_ns} ns: inference "
+                                                       f"failed ({_one_line(out.error)})")
+            else:
+                self._write(p, out)
 
     def _write(self, p: _Pending, out: Any) -> None:
         s = p.stream
@@ -923,10 +949,17 @@ class OfflineReplay:
                 self.result.videos.append(path)
             if video.error:
                 self.result.warnings.append(video.error)
+        if self._faults:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(self.pipeline.fault_counts.items()))
+            self.result.warnings.append(f"bag {self.bag}: {len(self._faults)} inference fault(s) ({counts}); first: "
+                                        f"{self._faults[0].describe()}")
         skipped = sum(c.frames_skipped for c in self.counts.values())
-        if skipped:
-            self.result.warnings.append(f"bag {self.bag}: skipped {skipped} undecodable image(s); first: "
-                                        f"{self._first_reason}")
+        if skipped and not self.result.frames_out and self.result.error is None:
+            self.result.error, self.result.error_kind = (f"bag {self.bag}: none of its {skipped} image(s) could be "
+                                                         f"processed; first: {self._first_reason}"), "unreadable"
+        elif skipped:
+            self.result.warnings.append(f"bag {self.bag}: skipped {skipped} image(s) that could not be processed; "
+                                        f"first: {self._first_reason}")
         self.result.timings = write_timings(self.out_dir / TIMINGS_NAME, self.result, self._rows, {
             "model": self.model_id, "device": str(getattr(self.predictor, "device", "")),
             "max_batch": self.params.max_batch})
@@ -935,8 +968,8 @@ class OfflineReplay:
 def write_timings(path: Path, result: ReplayResult, rows: list[dict[str, Any]], extra: dict[str, Any]) -> Path:
     """timings.json: every frame's latency components (ms) and their summary."""
     keys = [k for k in (rows[0] if rows else {}) if k.endswith("_ms")]
-    summary: dict[str, Any] = {"frames": len(rows), "wall_s": result.wall_s,
-                               "frames_per_s": len(rows) / result.wall_s if result.wall_s > 0 else None}
+    summary: dict[str, Any] = {"frames": len(rows), "wall_s": result.wall_s, "active_s": result.active_s,
+                               "frames_per_s": result.frames_per_s or None}
     for k in keys:
         summary[k] = latency_summary([float(r[k]) for r in rows if r.get(k) is not None])
     doc = {"mode": result.mode, "bag": str(result.bag), **extra, "summary": summary, "frames": rows}

@@ -159,9 +159,11 @@ def test_offline_replay_writes_what_the_node_would_publish(tmp_path: Path, model
                                                            capsys: pytest.CaptureFixture, storage: str) -> None:
     import json
 
-    from rclpy.serialization import serialize_message
+    from rclpy.serialization import deserialize_message, serialize_message
     from std_msgs.msg import Header
 
+    from helpers_ros import field_differences
+    from panoptic_ros.msg import PanopticObjectArray
     from panoptic_ros.params import NodeParams, build
     from panoptic_ros.pipeline import CameraFrame, Pipeline
     from panoptic_ros.ros import convert
@@ -174,8 +176,8 @@ def test_offline_replay_writes_what_the_node_would_publish(tmp_path: Path, model
     by_topic = check_output_bag(out, bag, storage=storage)
     assert any(m.objects for m in by_topic["objects"]), "the permissive tiny model reports objects"
 
-    # The same frames through the core Pipeline give the same ids, and the objects messages are byte for byte
-    # what the node's converter (panoptic_ros.ros.convert) builds from those outputs.
+    # The same frames through the core Pipeline give the same ids, and the objects messages are exactly what
+    # the node's converter (panoptic_ros.ros.convert) builds from those outputs.
     params = build(NodeParams, dict(p.split(":=") for p in PERMISSIVE) | {"model.path": str(model_path)})
     pipeline = Pipeline(replay._predictor_for(params), params.tracker, params.mount, params.max_batch)
     frames = list(RosbagDataset(bag))
@@ -184,7 +186,10 @@ def test_offline_replay_writes_what_the_node_would_publish(tmp_path: Path, model
         np.testing.assert_array_equal(np.frombuffer(pan.data, "<i4").reshape(64, 128), output.panoptic)
         header = Header(stamp=objects.header.stamp, frame_id=objects.header.frame_id)
         want = convert.objects_msg(header, output, "camera", objects.processing_time_s)
-        assert serialize_message(objects) == serialize_message(want)
+        # Field for field after the wire's float32 rounding (not byte for byte: rclpy leaves the CDR alignment
+        # padding uninitialised).
+        want = deserialize_message(serialize_message(want), PanopticObjectArray)
+        assert field_differences(want, objects) == [] and objects == want
     assert [m.header.frame_id for m in by_topic["objects"]] == ["camera_optical_frame"] * FRAMES
 
     video = video_frames(out / "overlay.mp4")
@@ -299,10 +304,11 @@ def test_live_replay_records_what_a_real_node_publishes(tmp_path: Path, model_pa
     rc, _, err = replay_cli([str(bag), "--out", str(tmp_path / "offline")], model_path, capsys)
     assert rc == 0, err
     offline = check_output_bag(tmp_path / "offline", bag)
-    for a, b in zip(live["image"], offline["image"], strict=True):  # same model, same frames, same ids
-        assert bytes(a.data) == bytes(b.data)
-    assert [[o.track_id for o in m.objects] for m in live["objects"]] == \
-        [[o.track_id for o in m.objects] for m in offline["objects"]]
+    # The node saw the bag's own pixels: its classes agree with the offline run's. (Not bit for bit: the node
+    # runs one frame per batch on its own threads, and float round-off may flip a detection near threshold.)
+    for a, b in zip(live["semantic"], offline["semantic"], strict=True):
+        agree = np.mean(np.frombuffer(a.data, np.uint8) == np.frombuffer(b.data, np.uint8))
+        assert agree > 0.99, agree
     assert len(video_frames(tmp_path / "live" / "overlay.mp4")) == FRAMES
     timings = json.loads((tmp_path / "live" / "timings.json").read_text())
     assert timings["mode"] == "live" and timings["frames_dropped"] == 0 and len(timings["frames"]) == FRAMES
@@ -506,3 +512,25 @@ def test_node_parameters_from_file_flags_and_shortcuts(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown parameter"):
         replay.node_params(None, None, None, [("tracker.nope", "1")])
     assert replay.parse_param("a.b:=c=d") == ("a.b", "c=d")
+
+
+def test_frames_the_pipeline_refuses_are_skipped_and_counted(tmp_path: Path, model_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    from test_datasets import make_frames
+
+    small = write_rosbag(tmp_path / "small", make_frames(3))  # 32x24: below the pipeline's 32 px a side
+    rc, _, err = replay_cli([str(small), "--out", str(tmp_path / "a")], model_path, capsys)
+    line = one_error_line(err)
+    assert rc == 1 and "none of its 3 image(s) could be processed" in line and "smaller than 32 px" in line
+    assert read_bag(tmp_path / "a" / "panoptic")[0] == {"/camera/camera_info": "sensor_msgs/msg/CameraInfo"}
+    # One bad image among good ones: skipped with a warning, the rest replayed.
+    good = synth_frames(5, n=3)
+    bad = make_frames(1, sequence=good[0].sequence, stamp0_ns=good[-1].stamp_ns + 10**8)[0]
+    bad.camera = None
+    mixed = write_rosbag(tmp_path / "mixed", good + [bad])
+    rc, stdout, err = replay_cli([str(mixed), "--out", str(tmp_path / "b")], model_path, capsys)
+    assert rc == 0 and "3 of 4 frame(s)" in stdout
+    assert err.strip().splitlines() == [f"panoptic-ros replay: warning: bag {mixed}: skipped 1 image(s) that could "
+                                        f"not be processed; first: /camera/image at {bad.stamp_ns} ns: camera "
+                                        "camera: image of 32x24 px is smaller than 32 px on a side; nothing can be "
+                                        "segmented in it (is the driver's resolution set?)"]

@@ -19,7 +19,7 @@ from panoptic_ros.classes import CITYSCAPES
 from panoptic_ros.panoptic import PanopticResult, decode_panoptic, encode_panoptic
 from panoptic_ros.params import TrackerParams
 from panoptic_ros.tracking import CameraMotionEstimator, TrackedFrame, Tracker, TrackState
-from panoptic_ros.tracking.association import assign, box_iou, region_overlap
+from panoptic_ros.tracking.association import assign, blocked_sides, box_iou, region_overlap
 from panoptic_ros.tracking import kalman
 
 PERSON = CITYSCAPES.by_name("person").train_id
@@ -216,6 +216,72 @@ def test_a_thing_behind_a_missed_detection_does_not_occlude_it() -> None:
         assert states(out[f][0]) == {1: (TrackState.TRACKED, 0)}, f  # car lost, not occluded by the truck
     for f in range(8, 12):
         assert by_name(*out[f]) == {"truck": (1, TrackState.TRACKED), "car": (2, TrackState.TRACKED)}, f
+
+
+def test_car_uncovered_by_a_passing_bus_and_missed_is_not_dragged_along_with_it() -> None:
+    """A car creeps left while a bus drives right in front of it; once uncovered, the detector misses it
+    for five frames. Riding with the bus explains those frames (the car would still be hidden had it
+    moved with the bus), but only the bookkeeping may follow that explanation: had the car's own motion
+    state been moved along with the bus, it would be re-detected 40 px from a track gone with the bus."""
+    scenes = []
+    for f in range(40):
+        cx, bx = 200 - f, 20 + 6 * f
+        car, bus = Thing("car", CAR, (cx, 60, cx + 40, 80)), Thing("bus", BUS, (bx, 30, bx + 160, 100))
+        scenes.append([bus] if 28 <= f <= 32 else [car, bus])
+    out = run(Tracker(), scenes, (120, 480))
+    hidden = [f for f, (_, names) in enumerate(out) if "car" not in names]
+    assert hidden == list(range(8, 33))  # behind the bus 8..27, missed 28..32 while 40-100 % in view
+    for f in range(28, 33):
+        assert states(out[f][0])[1] == (TrackState.OCCLUDED, 2), f  # hidden beside the bus: still alive
+    for f in range(33, 40):
+        assert by_name(*out[f]) == {"car": (1, TrackState.TRACKED), "bus": (2, TrackState.TRACKED)}, f
+    assert out[39][0].object_by_id(1).velocity_px_s[0] == pytest.approx(-10.0, abs=3.0)
+
+
+def test_car_that_grew_while_hidden_is_reidentified() -> None:
+    """The camera closes in: a car passing behind a parked bus grows from 30x16 to 66x35 while hidden,
+    and the detector reports it only when 80 % of it shows. What comes out is twice the height the
+    track last saw (a fixed 1.5x allowance refuses it) -- no more than the uncertainty of a size unseen
+    for three seconds allows."""
+    tracker, out = Tracker(), []
+    for f in range(75):
+        w = 30 + max(0, min(f - 25, 20)) * 1.8
+        h, x = w * 16 / 30, 10 + 4 * f
+        things = [Thing("car", CAR, (x, int(70 - h / 2), int(x + w), int(70 + h / 2))), Thing("bus", BUS, BUS_BOX)]
+        result, names = make_result(things, (120, 400), min_visible=0.8)
+        out.append((tracker.update(result, f * DT), names))
+    hidden = [f for f, (_, names) in enumerate(out) if "car" not in names]
+    assert hidden == list(range(29, 62))
+    assert states(out[61][0])[1] == (TrackState.OCCLUDED, 2)
+    for f in range(62, 75):
+        assert by_name(*out[f]) == {"car": (1, TrackState.TRACKED), "bus": (2, TrackState.TRACKED)}, f
+
+
+def test_missed_track_does_not_take_the_car_that_appears_beside_it() -> None:
+    """Car A is missed for one frame just as car B appears right beside it. A's position is known to a
+    pixel or two after one missed frame: B, sticking 30 px out of A's predicted box, is not A."""
+    a, b = Thing("A", CAR, (100, 40, 140, 60)), Thing("B", CAR, (141, 40, 171, 60))
+    scenes = [[a] for _ in range(5)] + [[b]] + [[a, b] for _ in range(4)]
+    out = run(Tracker(), scenes, (100, 240))
+    assert by_name(*out[4]) == {"A": (1, TrackState.TRACKED)}
+    assert by_name(*out[5]) == {}  # B tentative; A lost for a frame, not re-identified on B
+    assert by_name(*out[6]) == {"A": (1, TrackState.TRACKED), "B": (2, TrackState.NEW)}
+    assert by_name(*out[9]) == {"A": (1, TrackState.TRACKED), "B": (2, TrackState.TRACKED)}
+
+
+@pytest.mark.parametrize("emb", [False, True], ids=["no-embeddings", "embeddings"])
+def test_a_jump_after_a_missed_frame_is_taken_back_only_on_appearance(emb: bool) -> None:
+    """Car A is missed for a frame and comes back 30 px to the right (a jolt of the camera): ten
+    standard deviations out of its prediction. Geometry alone must not accept that; a matching
+    appearance may, within reid_max_distance."""
+    e = unit([1, 0, 0, 0]) if emb else None
+    scenes = [[Thing("A", CAR, (100, 40, 140, 60), e)] for _ in range(5)] + [[]] + \
+        [[Thing("A", CAR, (130, 40, 170, 60), e)] for _ in range(3)]
+    out = run(Tracker(), scenes, (100, 240), emb_dim=4 if emb else 0)
+    if emb:
+        assert [by_name(*out[f]) for f in (6, 7)] == [{"A": (1, TrackState.TRACKED)}] * 2
+    else:
+        assert [by_name(*out[f]) for f in (6, 7)] == [{}, {"A": (2, TrackState.NEW)}]
 
 
 # --------------------------------------------------------------------------- (3) exit, vanish, re-entry
@@ -537,6 +603,24 @@ def test_association_building_blocks() -> None:
                         np.array([[1, 2]]), label, 1)
     # Shifted cells (1,2), (1,3), (2,3): all on detection 1; mask IoU = 3 / (3 + 4 - 3).
     assert ov.counts.tolist() == [[0, 3]] and ov.mask_iou(np.array([4])).tolist() == [[0.75]]
+
+
+def test_blocked_sides_look_a_few_pixels_out_and_only_at_nearer_things() -> None:
+    label = np.zeros((40, 60), np.int32)
+    label[10:30, 20:30] = 1  # the object: box (20, 10, 30, 30)
+    label[5:35, 32:50] = 2  # 2 px of background to its right; bottom edge lower: nearer
+    label[12:26, 8:20] = 3  # touching its left side; bottom edge higher, smaller: farther
+    boxes = np.array([[20, 10, 30, 30], [32, 5, 50, 35], [8, 12, 20, 26]], float)
+    one = boxes[:1]
+    labels = np.array([1])
+    # Left, top, right, bottom.
+    assert blocked_sides(label, one, labels, 0.3).tolist() == [[True, False, False, False]]
+    assert blocked_sides(label, one, labels, 0.3, reach_px=3).tolist() == [[True, False, True, False]]
+    assert blocked_sides(label, one, labels, 0.3, reach_px=3, label_boxes_xyxy=boxes).tolist() == [
+        [False, False, True, False]]
+    edge = np.array([[1, 10, 10, 30]], float)  # 1 px from the left border: within reach 3
+    assert blocked_sides(label, edge, labels, 0.3).tolist()[0][0] is False
+    assert blocked_sides(label, edge, labels, 0.3, reach_px=3).tolist()[0][0] is True
 
 
 def test_kalman_predict_update_and_warp() -> None:

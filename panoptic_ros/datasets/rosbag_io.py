@@ -500,7 +500,17 @@ def write_rosbag(path: str | Path, frames: Iterable[PanopticFrame], camera: str 
 # ---------------------------------------------------------------------------
 # Reader.
 
-_BAG_ERRORS = (AnyReaderError, ReaderError, SerdeError, sqlite3.Error, struct.error, EOFError, OSError)
+def _sqlite_driver_errors() -> tuple[type[BaseException], ...]:
+    """rosbags reads sqlite3 bags through apsw where it is installed; its errors are not sqlite3.Error."""
+    try:
+        import apsw
+    except ImportError:
+        return ()
+    return (apsw.Error,)
+
+
+_BAG_ERRORS = (AnyReaderError, ReaderError, SerdeError, sqlite3.Error, struct.error, EOFError,
+               OSError) + _sqlite_driver_errors()
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,18 @@ configuration (so the file rebuilds the network it was trained as), the class
 table with colours, the input size and normalisation, how it was trained
 (data seeds, steps, settings) and what it measured (PQ on held-out data).
 
-Only safetensors are ever read: a pickle (``torch.save`` output), a
-truncated or corrupt file, a missing card, or a class table that differs from
-the one the caller expects is refused with :class:`CheckpointError` naming
-the problem. Nothing here unpickles.
+Only safetensors are ever read: a path that is no regular ``.safetensors``
+file (a directory, FIFO or device), a pickle (``torch.save`` output), a
+truncated or corrupt file, weights whose SHA-256 differs from their card's, a
+missing or malformed card, or a class table that differs from the one the
+caller expects is refused with :class:`CheckpointError` naming the problem.
+Nothing here unpickles.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import stat
 import struct
 import time
 from dataclasses import dataclass, field
@@ -95,30 +98,95 @@ def save_model(model: EfficientPS, path: str | Path, card: ModelCard, dtype: tor
     return path
 
 
+MODEL_SUFFIX = ".safetensors"
+MAX_HEADER_BYTES = 100 * (1 << 20)  # safetensors' own limit
+MAX_CARD_BYTES = 10 * (1 << 20)  # a model card is a few kB of JSON
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def check_regular_file(path: Path, what: str = "model file") -> int:
+    """The size of ``path`` if it is a regular file (symlinks followed); CheckpointError otherwise.
+
+    Runs before anything opens the path: opening a FIFO blocks start-up forever, a device such as
+    /dev/zero or /dev/urandom never ends, and a directory is a confusing error further on.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise CheckpointError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        fix = ("the card must be a JSON file" if what == "model card" else
+               f"name a {MODEL_SUFFIX} file with its .json card beside it")
+        raise CheckpointError(f"{what} {path} is {_file_kind(info.st_mode)}, not a regular file; {fix}")
+    return info.st_size
+
+
+def check_model_path(path: Path) -> int:
+    """A model path names a regular file ending in .safetensors; returns its size, CheckpointError if not."""
+    size = check_regular_file(path)
+    if path.suffix != MODEL_SUFFIX:
+        raise CheckpointError(f"model file {path} must be a {MODEL_SUFFIX} file; only safetensors model files are "
+                              "loaded (convert a PyTorch checkpoint with safetensors.torch.save_file in trusted "
+                              "code, or retrain)")
+    return size
+
+
 def check_safetensors_file(path: Path) -> None:
     """Refuse anything that is not a well-formed safetensors file, before any parser sees it."""
-    if not path.is_file():
-        raise CheckpointError(f"model file {path} does not exist")
-    size = path.stat().st_size
+    size = check_model_path(path)
     with open(path, "rb") as f:
         head = f.read(8)
-        if head[:2] == b"\x80\x02" or head[:1] == b"\x80" or head[:2] == b"PK":
+        (n,) = struct.unpack("<Q", head) if len(head) == 8 else (-1,)
+        header = f.read(n) if 0 <= n <= min(size - 8, MAX_HEADER_BYTES) else b""
+    # A safetensors file is an 8-byte length and a JSON object. Its first two bytes may look like a pickle's
+    # (a header of 640 bytes starts 80 02), so only what does not parse as one is judged by its magic.
+    if not header.startswith(b"{"):
+        if (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head[:4] == b"PK\x03\x04":
             raise CheckpointError(f"{path} is a pickle / torch.save file; only .safetensors model files are "
                                   "loaded (convert it with safetensors.torch.save_file from trusted code)")
         if len(head) < 8:
             raise CheckpointError(f"{path} is truncated ({size} bytes): not a safetensors file")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8 or n > 100 * (1 << 20):
-            raise CheckpointError(f"{path} is not a valid safetensors file (header length {n} of a {size}-byte file)")
-        header = f.read(n)
+        if not header:
+            raise CheckpointError(f"{path} is not a valid safetensors file (header length {n} of a {size}-byte "
+                                  "file): truncated, or another format (a pickle?); only .safetensors model files "
+                                  "are loaded")
     try:
         meta = json.loads(header)
-    except ValueError as exc:
-        raise CheckpointError(f"{path} has a corrupt safetensors header: {exc}") from exc
-    ends = [int(v["data_offsets"][1]) for k, v in meta.items() if k != "__metadata__"]
+        ends = [int(v["data_offsets"][1]) for k, v in meta.items() if k != "__metadata__"]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+        raise CheckpointError(f"{path} has a corrupt safetensors header: {exc!r}") from None
     if ends and max(ends) != size - 8 - n:
         raise CheckpointError(f"{path} is truncated or padded: tensors end at byte {max(ends)} of "
                               f"{size - 8 - n} data bytes")
+
+
+def read_card(path: Path) -> ModelCard:
+    """The model card beside weights ``path``; CheckpointError naming what is wrong with it."""
+    cpath = card_path(path)
+    if not cpath.exists():
+        raise CheckpointError(f"model card {cpath} is missing: every model file needs its .json card beside it")
+    size = check_regular_file(cpath, "model card")
+    if size > MAX_CARD_BYTES:
+        raise CheckpointError(f"model card {cpath} is {size} bytes, not a model card (at most {MAX_CARD_BYTES})")
+    try:
+        doc = json.loads(cpath.read_bytes())
+        if not isinstance(doc, dict):
+            raise ValueError(f"expected a JSON object, got {type(doc).__name__}")
+        return ModelCard.from_json(doc)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+        raise CheckpointError(f"model card {cpath} is not valid: {exc!r}") from exc
 
 
 def load_model(path: str | Path, *, expected_classes: ClassTable | None = None,
@@ -126,17 +194,14 @@ def load_model(path: str | Path, *, expected_classes: ClassTable | None = None,
     """Load weights + card, rebuild the network, check classes; the model is in eval mode."""
     path = Path(path)
     check_safetensors_file(path)
-    cpath = card_path(path)
-    if not cpath.is_file():
-        raise CheckpointError(f"model card {cpath} is missing: every model file needs its .json card beside it")
-    try:
-        card = ModelCard.from_json(json.loads(cpath.read_text()))
-    except ValueError as exc:
-        raise CheckpointError(f"model card {cpath} is not valid: {exc}") from exc
+    card = read_card(path)
     if expected_classes is not None and card.config.classes != expected_classes:
         raise CheckpointError(
             f"{path} was trained for {len(card.config.classes)} classes ({', '.join(card.config.classes.names)}), "
             f"expected {len(expected_classes)} ({', '.join(expected_classes.names)})")
+    if card.weights_sha256 and file_sha256(path) != card.weights_sha256:
+        raise CheckpointError(f"{path} does not match the weights_sha256 in its card {card_path(path)}: the file "
+                              "is corrupt (changed bytes) or the card belongs to other weights")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:

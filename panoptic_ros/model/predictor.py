@@ -89,6 +89,21 @@ class Predictor:
     def with_fusion(self, **changes) -> None:
         self.fusion = replace(self.fusion, **changes)
 
+    def to_device(self, device: str | torch.device) -> None:
+        """Move the model (the pipeline's fallback after the GPU failed). fp16 becomes fp32 on the CPU,
+        where half-precision autocast is slow or missing; bf16 and fp32 stay."""
+        dev = resolve_device(str(device))
+        self.model.to(dev)
+        self._thing_lut = self._thing_lut.to(dev)
+        if dev.type == "cpu" and self.dtype == torch.float16:
+            self.dtype = torch.float32
+        self.device = dev
+
+    def release_cached_memory(self) -> None:
+        """Hand cached blocks back to the device after an out-of-memory error, so a smaller retry can fit."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def predict(self, frames: Sequence[np.ndarray] | np.ndarray) -> list[PanopticResult]:
         """frames: HxWx3 uint8 RGB images (sizes may differ) -> one PanopticResult each, at each frame's size."""
         if isinstance(frames, np.ndarray) and frames.ndim == 3:

@@ -28,6 +28,9 @@ CAMERA_INFO_INVALID, CAMERA_INFO_UNMATCHED, CAMERA_INFO_SIZE = "camera_info_inva
 CLOCK_JUMPS, PROCESSING_ERRORS, CALLBACK_ERRORS = "clock_jumps", "processing_errors", "callback_errors"
 ERROR_KEYS = (DECODE_ERRORS, QOS_INCOMPATIBLE, CAMERA_INFO_INVALID, CAMERA_INFO_UNMATCHED, CAMERA_INFO_SIZE,
               CLOCK_JUMPS, PROCESSING_ERRORS, CALLBACK_ERRORS)
+# Model status: device faults during inference (pipeline.InferenceFault kinds and actions).
+FAULT_KEYS = {"out_of_memory": "inference_out_of_memory", "device_error": "inference_device_errors",
+              "split": "batch_splits", "fallback": "device_fallbacks", "gave_up": "frames_failed_on_device"}
 LATENCY_WINDOW = 1000  # frames the percentiles are taken over
 STAGES = ("decode", "preprocess", "network", "fusion", "tracking", "encode")  # StageTimings fields
 
@@ -72,12 +75,23 @@ def _kv(key: str, value: object) -> KeyValue:
     return KeyValue(key=key, value=str(value))
 
 
+@dataclass
+class ModelFaults:
+    """Device faults so far: counts by pipeline.InferenceFault kind and action, the latest one described, and
+    the device the model was configured on (a model running elsewhere has fallen back)."""
+
+    counts: Counter
+    last: str = ""
+    configured_device: str = ""
+
+
 class DiagnosticsBuilder:
     """Turns the stats into DiagnosticArray messages; remembers the last totals for rates and WARN levels."""
 
     def __init__(self, node_name: str) -> None:
         self.node_name = node_name
         self._previous: dict[str, _Previous] = {}
+        self._previous_faults: Counter = Counter()
 
     def camera_status(self, camera: str, stats: CameraStats, now_s: float, enabled: bool) -> DiagnosticStatus:
         counts, latency = stats.snapshot()
@@ -106,9 +120,14 @@ class DiagnosticsBuilder:
                                 hardware_id=camera, values=values)
 
     def model_status(self, model_id: str, device: str, precision: str, batches: int, frames: int,
-                     stages: list[StageTimings]) -> DiagnosticStatus:
-        """``stages``: the per-frame stage timings of recent frames (their medians are reported)."""
+                     stages: list[StageTimings], faults: ModelFaults | None = None) -> DiagnosticStatus:
+        """``stages``: the per-frame stage timings of recent frames (their medians are reported).
+
+        WARN while device faults keep coming (any fault counter grew since the previous message) and for
+        as long as the model runs on its fallback device; the message then says what happened.
+        """
         rss, peak = process_memory_mb()
+        faults = faults or ModelFaults(Counter())
         values = [_kv("model_id", model_id), _kv("device", device), _kv("precision", precision),
                   _kv("batches", batches), _kv("mean_batch_size", frames / batches if batches else 0.0)]
         for stage in STAGES:
@@ -116,7 +135,20 @@ class DiagnosticsBuilder:
             values.append(_kv(f"{stage}_ms_p50", float(np.median(ms)) if ms.size else 0.0))
         values += [_kv("rss_mb", rss), _kv("peak_rss_mb", peak)]
         values += [_kv(k, v) for k, v in cuda_memory_mb(device).items()]
-        return DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{self.node_name}: model", message=model_id,
+        values += [_kv(key, faults.counts[fault]) for fault, key in FAULT_KEYS.items()]
+        if faults.last:
+            values.append(_kv("last_fault", faults.last))
+        prev = self._previous_faults
+        self._previous_faults = Counter(faults.counts)
+        grew = any(faults.counts[k] > prev[k] for k in faults.counts)
+        fell_back = bool(faults.configured_device) and device != faults.configured_device
+        level, message = DiagnosticStatus.OK, model_id
+        if fell_back:
+            level, message = DiagnosticStatus.WARN, (f"{model_id}: running on fallback device {device} after "
+                                                     f"inference failed on {faults.configured_device}")
+        elif grew:
+            level, message = DiagnosticStatus.WARN, f"{model_id}: {faults.last}"
+        return DiagnosticStatus(level=level, name=f"{self.node_name}: model", message=message,
                                 hardware_id=device, values=values)
 
     @staticmethod

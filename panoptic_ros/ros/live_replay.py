@@ -258,6 +258,7 @@ class LiveReplay:
         self._first_log_ns: int | None = None
         self._last_output_s = 0.0
         self._slowest_s = 0.0  # the longest processing_time_s the node has reported
+        self._start_wall: float | None = None  # monotonic time of the first publish
 
     def run(self) -> ReplayResult:
         t0 = time.perf_counter()
@@ -292,6 +293,8 @@ class LiveReplay:
                 interrupted = True
             finally:
                 self._record(graph)
+                if self._start_wall is not None:
+                    self.result.active_s = max(self._last_output_s, self._start_wall) - self._start_wall
                 self._close(time.perf_counter() - t0)
             if interrupted:
                 raise KeyboardInterrupt
@@ -352,13 +355,12 @@ class LiveReplay:
             plan[p.stream.image_topic] = (p, True)
             if p.stream.camera_info_topic:
                 plan[p.stream.camera_info_topic] = (p, False)
-        start_wall = None
         for message in source.messages(set(plan)):
             ports, is_image = plan[message.topic]
-            if start_wall is None:
-                start_wall, self._first_log_ns = time.monotonic(), message.log_time_ns
+            if self._start_wall is None:
+                self._start_wall, self._first_log_ns = time.monotonic(), message.log_time_ns
                 self._write_class_infos()
-            due = start_wall + (message.log_time_ns - self._first_log_ns) / 1e9 / self.settings.rate
+            due = self._start_wall + (message.log_time_ns - self._first_log_ns) / 1e9 / self.settings.rate
             while True:
                 self._record(graph)
                 left = due - time.monotonic()
@@ -384,7 +386,6 @@ class LiveReplay:
     def _drain(self, graph: _Graph, node: NodeProcess | None) -> None:
         """Record until every published frame has all its outputs, the node is quiet, or time is up."""
         start = time.monotonic()
-        self._last_output_s = max(self._last_output_s, start)
         expected = {topic for p in graph.ports for key, (topic, _) in p.outputs.items() if key != "class_info"}
         while time.monotonic() - start < DRAIN_LIMIT_S:
             self._record(graph)
@@ -393,7 +394,8 @@ class LiveReplay:
                     for (prefix, _), got in self._received.items()):
                 return
             quiet_s = max(QUIET_S, 3.0 * self._slowest_s)  # a slow model gets time for its last frame
-            if time.monotonic() - self._last_output_s > quiet_s or (node is not None and not node.running()):
+            if time.monotonic() - max(self._last_output_s, start) > quiet_s or \
+                    (node is not None and not node.running()):
                 return
             time.sleep(0.05)
 

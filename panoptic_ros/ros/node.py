@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,8 @@ from visualization_msgs.msg import MarkerArray
 from panoptic_ros.model.checkpoint import CheckpointError
 from panoptic_ros.msg import PanopticClassInfo, PanopticObjectArray
 from panoptic_ros.params import NodeParams
-from panoptic_ros.pipeline import CameraFrame, FrameOutput, Pipeline, StageTimings, parse_mount_overrides
+from panoptic_ros.pipeline import (CameraFrame, FrameFailure, FrameOutput, Pipeline, StageTimings,
+                                   parse_mount_overrides)
 from panoptic_ros.ros import convert, diagnostics, parameters, qos, topics
 from panoptic_ros.ros.diagnostics import CameraStats, DiagnosticsBuilder
 from panoptic_ros.ros.inputs import CameraInfoHistory, FrameSlot, PendingFrame
@@ -109,6 +110,9 @@ class PanopticNode(Node):
         self._batches = 0
         self._batched_frames = 0
         self._stage_ms: deque[StageTimings] = deque(maxlen=diagnostics.LATENCY_WINDOW)
+        self._faults: Counter[str] = Counter()  # device faults by kind and by action (pipeline.InferenceFault)
+        self._last_fault = ""
+        self._configured_device = self.device
         self._rr = 0
         self._vision = convert.vision_msgs_available()
 
@@ -258,16 +262,22 @@ class PanopticNode(Node):
         self._enabled = new.enabled
         self.params = new
 
+    def diagnostics_array(self) -> DiagnosticArray:
+        """The /diagnostics message as of now: one status per camera and one for the model."""
+        now = time.monotonic()
+        statuses = [self._diag.camera_status(c.name, c.stats, now, self._enabled) for c in self.cameras]
+        with self._lock:
+            stages = list(self._stage_ms)
+            batches, frames = self._batches, self._batched_frames
+            faults = diagnostics.ModelFaults(Counter(self._faults), self._last_fault, self._configured_device)
+            device = self.device
+        statuses.append(self._diag.model_status(self.model_id, device, self.precision, batches, frames, stages,
+                                                faults))
+        return self._diag.array(self.get_clock().now().to_msg(), statuses)
+
     def _publish_diagnostics(self) -> None:
         try:
-            now = time.monotonic()
-            statuses = [self._diag.camera_status(c.name, c.stats, now, self._enabled) for c in self.cameras]
-            with self._lock:
-                stages = list(self._stage_ms)
-                batches, frames = self._batches, self._batched_frames
-            statuses.append(self._diag.model_status(self.model_id, self.device, self.precision, batches, frames,
-                                                    stages))
-            self._diag_pub.publish(self._diag.array(self.get_clock().now().to_msg(), statuses))
+            self._diag_pub.publish(self.diagnostics_array())
         except Exception as exc:  # noqa: BLE001
             self._warn(("diagnostics",), f"diagnostics failed: {exc!r}")
 
@@ -309,23 +319,46 @@ class PanopticNode(Node):
         if not frames:
             return
         try:
-            outputs = self.pipeline.process(frames)
-        except Exception as exc:  # noqa: BLE001 - e.g. out of device memory; the next batch may work
+            results = self.pipeline.process_each(frames)  # device faults: split, fall back, or fail single frames
+        except Exception as exc:  # noqa: BLE001 - anything else; the next batch may work
             for cam, _ in owners:
                 cam.stats.add(diagnostics.PROCESSING_ERRORS)
             self._warn(("pipeline",), f"inference failed for {len(frames)} frame(s) of "
                        f"{', '.join(c.name for c, _ in owners)}: {exc!r}")
             return
+        finally:
+            self._note_faults()
+        outputs = [r for r in results if isinstance(r, FrameOutput)]
         with self._lock:
             self._batches += 1
             self._batched_frames += len(outputs)
             self._stage_ms.extend(o.timings for o in outputs)
-        for (cam, pending), output in zip(owners, outputs):
+        for (cam, pending), output in zip(owners, results):
+            if isinstance(output, FrameFailure):
+                cam.stats.add(diagnostics.PROCESSING_ERRORS)
+                self._warn((cam.name, "inference"), f"camera {cam.name}: frame skipped, inference failed on the "
+                           f"device: {output.error!r}")
+                continue
             try:
                 self._publish(cam, pending, output)
             except Exception as exc:  # noqa: BLE001 - e.g. publishing during shutdown
                 cam.stats.add(diagnostics.PROCESSING_ERRORS)
                 self._warn((cam.name, "publish"), f"camera {cam.name}: publishing failed: {exc!r}")
+
+    def _note_faults(self) -> None:
+        """Device faults of the last batch: counted for /diagnostics, logged (throttled per kind and action)."""
+        faults = self.pipeline.take_faults()
+        if not faults:
+            return
+        with self._lock:
+            for f in faults:
+                self._faults[f.kind] += 1
+                self._faults[f.action] += 1
+            self._last_fault = faults[-1].describe()
+            self.device = self.pipeline.device
+            self.precision = str(getattr(self.pipeline.predictor, "dtype", "")).replace("torch.", "")
+        for f in faults:
+            self._warn(("fault", f.kind, f.action), f.describe())
 
     def _decode(self, cam: CameraPorts, pending: PendingFrame) -> CameraFrame | None:
         """The frame ready for the pipeline, or None (counted: a decode error of its kind, or a processing

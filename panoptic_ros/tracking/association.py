@@ -231,24 +231,39 @@ def box_region_labels(label_map_ds: np.ndarray, boxes_xyxy: np.ndarray, stride: 
 
 
 def blocked_sides(label_map: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndarray,
-                  fraction: float) -> np.ndarray:
+                  fraction: float, reach_px: int = 1, label_boxes_xyxy: np.ndarray | None = None) -> np.ndarray:
     """bool (K, 4): is each box's left, top, right, bottom side cut off?
 
-    A side is cut off when the image ends there, or when pixels of *other*
-    things (labels other than 0 and the box's own ``labels[k]``) fill at least
-    ``fraction`` of the one-pixel line just outside it: something in front
-    hides the rest of the object. All lines of all boxes are read in one
-    gather (no per-box Python loop). ``label_map`` must be C-contiguous.
+    A side is cut off when the image ends within ``reach_px`` of it, or when
+    pixels of *other* things (labels other than 0 and the box's own
+    ``labels[k]``) fill at least ``fraction`` of the band of ``reach_px``
+    pixels just outside it (a position counts when any pixel of the band
+    across it is another thing): something in front hides the rest of the
+    object. The band, not just the adjacent line, because a segmenter's masks
+    are not pixel-tight: an object and the bus in front of it are often
+    separated by a pixel or two of background. All lines of all boxes are
+    read in one gather per band pixel (no per-box Python loop).
+    ``label_map`` must be C-contiguous.
+
+    With ``label_boxes_xyxy`` (the box of every label ``v`` at row ``v - 1``)
+    only a thing *nearer* than the box's own object hides it: its bottom edge
+    as low or lower in the image (ground contact closer to the camera), or its
+    box larger. A parked car behind the next one in a row does not cut the
+    nearer one off, however close their masks sit.
     """
+    if reach_px < 1:
+        raise ValueError(f"reach_px must be at least 1, got {reach_px}")
     h, w = label_map.shape
     x0 = np.floor(boxes_xyxy[:, 0]).astype(np.int64)
     y0 = np.floor(boxes_xyxy[:, 1]).astype(np.int64)
     x1 = np.ceil(boxes_xyxy[:, 2]).astype(np.int64)
     y1 = np.ceil(boxes_xyxy[:, 3]).astype(np.int64)
-    out = np.stack([x0 <= 0, y0 <= 0, x1 >= w, y1 >= h], axis=1)
+    r = reach_px - 1
+    out = np.stack([x0 <= r, y0 <= r, x1 >= w - r, y1 >= h - r], axis=1)
     ys0, ys1 = np.minimum(np.maximum(y0, 0), h), np.minimum(np.maximum(y1, 0), h)
     xs0, xs1 = np.minimum(np.maximum(x0, 0), w), np.minimum(np.maximum(x1, 0), w)
     fixed = np.stack([x0 - 1, y0 - 1, x1, y1], axis=1)  # the line's column (left/right) or row (top/bottom)
+    outward = np.array([-1, -1, 1, 1])  # the direction away from the box, per side
     lo = np.stack([ys0, xs0, ys0, xs0], axis=1)  # its span along the side
     hi = np.stack([ys1, xs1, ys1, xs1], axis=1)
     ks, sides = np.nonzero(~out & (hi > lo))
@@ -257,10 +272,24 @@ def blocked_sides(label_map: np.ndarray, boxes_xyxy: np.ndarray, labels: np.ndar
     length = hi[ks, sides] - lo[ks, sides]
     owner = np.arange(ks.size).repeat(length)
     along = ragged_index(lo[ks, sides], length)
-    across = fixed[ks, sides].repeat(length)
     vertical = (sides % 2 == 0).repeat(length)
-    values = label_map.ravel()[np.where(vertical, along * w + across, across * w + along)]
-    other = (values != 0) & (values != labels[ks].repeat(length))
+    own = labels[ks].repeat(length)
+    limit = np.where(vertical, w, h)
+    other = np.zeros(along.size, bool)
+    for d in range(reach_px):
+        across = (fixed[ks, sides] + d * outward[sides]).repeat(length)
+        inside = (across >= 0) & (across < limit)
+        across = np.where(inside, across, 0)
+        values = label_map.ravel()[np.where(vertical, along * w + across, across * w + along)]
+        hit = inside & (values != 0) & (values != own)
+        if label_boxes_xyxy is not None and hit.any():
+            ob = label_boxes_xyxy[values[hit] - 1]
+            me = boxes_xyxy[ks[owner[hit]]]
+            me_h = me[:, 3] - me[:, 1]
+            nearer = ((ob[:, 3] >= me[:, 3] - 0.1 * me_h)
+                      | ((ob[:, 2] - ob[:, 0]) * (ob[:, 3] - ob[:, 1]) >= (me[:, 2] - me[:, 0]) * me_h))
+            hit[hit] = nearer
+        other |= hit
     hits = np.bincount(owner, weights=other, minlength=ks.size)
     out[ks, sides] = hits >= fraction * length
     return out

@@ -62,6 +62,7 @@ DEFAULT_SEED = 200_000
 TIMELINE_TRACKERS = ("ours", "bytetrack")
 BAR_SWITCH_RATIO = 1.0 / 3.0  # issue 5: our switches on occlusion events at most a third of ByteTrack's
 BAR_MIN_IDF1 = 0.90
+IDEAL = ("gt", "true-ids")  # the gt input scored with the detections' true ids (a reference, not a tracker)
 
 
 # --------------------------------------------------------------------------- scoring (pure)
@@ -332,6 +333,7 @@ class CompareReport:
     events: list[EventRecord]
     tracker_parameters: dict[str, dict[str, object]]
     detection_stats: DetectionStats
+    reference: TrackerScore | None = None  # gt input scored with the true ids: what association could reach
     timeline: "Timeline | None" = None
     seconds: float = 0.0
 
@@ -372,6 +374,10 @@ class CompareReport:
                               "false_positives_per_frame": _num(st.false_positives / st.frames if st.frames
                                                                 else math.nan)},
             "scores": [{k: _num(v) for k, v in dataclasses.asdict(x).items()} for x in self.scores],
+            "reference_gt": None if self.reference is None else {
+                **{k: _num(v) for k, v in dataclasses.asdict(self.reference).items()},
+                "meaning": "the gt-degraded detections labelled with their true track ids (fragments and false "
+                           "positives unlabelled) from their first frame: the best any association could score"},
             "bar": self.bar(),
             "tracker_parameters": self.tracker_parameters,
             "events": [dataclasses.asdict(e) for e in self.events],
@@ -413,10 +419,11 @@ def run_compare(settings: CompareSettings) -> CompareReport:
                       occlusion_events_per_100_frames=settings.occlusion_rate)
     params = TrackerParams()
     pairs = [(i, t) for i in settings.inputs for t in settings.trackers]
+    scored = pairs + ([IDEAL] if "gt" in settings.inputs else [])
     parameters = {t: make_tracker(t, fps, params, class_table).parameters for t in settings.trackers}
-    results: dict[tuple[str, str], list[TrackingResult]] = {p: [] for p in pairs}
-    outcomes: dict[tuple[str, str], list[EventSwitchResult]] = {p: [] for p in pairs}
-    seconds: dict[tuple[str, str], float] = {p: 0.0 for p in pairs}
+    results: dict[tuple[str, str], list[TrackingResult]] = {p: [] for p in scored}
+    outcomes: dict[tuple[str, str], list[EventSwitchResult]] = {p: [] for p in scored}
+    seconds: dict[tuple[str, str], float] = {p: 0.0 for p in scored}
     records: list[EventRecord] = []
     infos: list[SequenceInfo] = []
     stats = DetectionStats()
@@ -427,7 +434,7 @@ def run_compare(settings: CompareSettings) -> CompareReport:
         seed = settings.seed + si
         seq = SyntheticSequence(seed, settings.frames, cfg)
         trackers = {p: make_tracker(p[1], fps, params, class_table) for p in pairs}
-        frames: dict[tuple[str, str], list[TrackingFrame]] = {p: [] for p in pairs}
+        frames: dict[tuple[str, str], list[TrackingFrame]] = {p: [] for p in scored}
         visible: dict[int, np.ndarray] = {}
         for k in range(settings.frames):
             fr = seq.render(k)
@@ -446,6 +453,8 @@ def run_compare(settings: CompareSettings) -> CompareReport:
                 else:
                     result = predictor.predict([fr.image])[0]
                 overlap = DetectionOverlap.build(fr.instance, result.instance_map, result.num_instances, ignore)
+                if inp == "gt":
+                    frames[IDEAL].append(overlap.tracking_frame(np.where(deg.is_fragment, 0, deg.source_track_ids)))
                 for name in settings.trackers:
                     t0 = time.perf_counter()
                     ids = trackers[(inp, name)].update(result, stamp, fr.image)
@@ -457,7 +466,7 @@ def run_compare(settings: CompareSettings) -> CompareReport:
         occluder_class = _occluder_classes(seq, chosen, class_table)
         metric_events = [OcclusionEvent(e.track_id, e.start_frame, e.end_frame) for e in chosen]
         infos.append(SequenceInfo(seed, settings.frames, len(all_events), len(chosen), [e.length for e in chosen]))
-        for p in pairs:
+        for p in scored:
             results[p].append(evaluate_tracking(frames[p], settings.iou_threshold))
             ev = id_switches_in_events(frames[p], metric_events, settings.iou_threshold)
             outcomes[p].append(ev)
@@ -476,10 +485,12 @@ def run_compare(settings: CompareSettings) -> CompareReport:
     bar.close()
 
     scores = []
-    for p in pairs:
+    for p in scored:
         combined = combine_tracking_results(results[p])
         ev = EventSwitchResult(tuple(o for r in outcomes[p] for o in r.outcomes))
         scores.append(_score(p, combined, ev, 1e3 * seconds[p] / max(n_frames, 1)))
+    reference = scores.pop() if IDEAL in scored else None
+    records = [r for r in records if (r.input, r.tracker) != IDEAL]
     if settings.timeline_sequence >= 0:
         timeline = timelines[settings.timeline_sequence]
     else:
@@ -489,7 +500,7 @@ def run_compare(settings: CompareSettings) -> CompareReport:
         settings=settings, command=settings.command(), date=_dt.datetime.now().astimezone().isoformat(
             timespec="seconds"), machine=_machine(predictor), libraries=_libraries(settings),
         sequences=infos, scores=scores, events=records, tracker_parameters=parameters, detection_stats=stats,
-        timeline=timeline, seconds=time.perf_counter() - t_start)
+        reference=reference, timeline=timeline, seconds=time.perf_counter() - t_start)
 
 
 def _add_stats(total: DetectionStats, s) -> None:
@@ -583,6 +594,12 @@ def _f(v: float, digits: int = 3) -> str:
     return "n/a" if not math.isfinite(v) else f"{v:.{digits}f}"
 
 
+def _row(s: TrackerScore, name: str, timed: bool = True) -> str:
+    return (f"| {name} | {_f(s.idf1)} | {_f(s.hota)} | {_f(s.mota)} | {s.id_switches} | {s.events} | "
+            f"{s.event_switches} | {s.event_kept} | {s.event_lost} | {s.event_untracked_before} | "
+            f"{_f(s.ms_per_frame, 2) if timed else '-'} |")
+
+
 def score_table(report: CompareReport, input_name: str) -> str:
     """A markdown table: one row per tracker on one input."""
     rows = ["| tracker | IDF1 | HOTA | MOTA | ID switches | events | switched on events | kept | lost | "
@@ -591,9 +608,9 @@ def score_table(report: CompareReport, input_name: str) -> str:
     for s in report.scores:
         if s.input != input_name:
             continue
-        rows.append(f"| {s.tracker} | {_f(s.idf1)} | {_f(s.hota)} | {_f(s.mota)} | {s.id_switches} | {s.events} | "
-                    f"{s.event_switches} | {s.event_kept} | {s.event_lost} | {s.event_untracked_before} | "
-                    f"{_f(s.ms_per_frame, 2)} |")
+        rows.append(_row(s, s.tracker))
+    if input_name == "gt" and report.reference is not None:
+        rows.append(_row(report.reference, "*true ids (upper bound)*", timed=False))
     return "\n".join(rows) + "\n"
 
 
@@ -660,9 +677,9 @@ def plot_scores(report: CompareReport, path: Path) -> None:
             bars = ax.bar(x + (j - 0.5) * width, vals, width, label=metric.upper(), color=colour)
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
         ax.set_xticks(x, trackers, rotation=20, fontsize=8)
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(0, 1.15)
         ax.set_title(f"{inp}: IDF1 and HOTA")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper right", ncol=2)
         ax = axes[row, 1]
         bottom = np.zeros(len(trackers))
         for attr, label, colour in (("event_switches", "switched", "#d62728"), ("event_lost", "lost", "#ff9896"),

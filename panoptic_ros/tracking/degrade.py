@@ -125,7 +125,8 @@ def degrade_frame(frame: PanopticFrame, seed: int, config: DegradeConfig = Degra
     h, w = inst.shape
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), _FRAME_STREAM, int(frame.frame_index)]))
     thing = class_table.is_thing_mask
-    jitter = max(0, int(round(config.boundary_jitter_px * h / 256.0)))
+    # At least a pixel whenever jitter is asked for: a small image still has ragged mask boundaries.
+    jitter = max(1, int(round(config.boundary_jitter_px * h / 256.0))) if config.boundary_jitter_px > 0 else 0
 
     out = np.zeros((h, w), np.int32)
     # Pixels a dilation may take: background (stuff or void), not another thing.

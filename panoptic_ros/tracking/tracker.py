@@ -4,8 +4,7 @@ Per frame, :meth:`Tracker.update` runs these steps (each a method below):
 
 1. **Predict.** Every track's box moves by its constant-velocity Kalman
    filter (:mod:`.kalman`), after the camera's own image motion, estimated
-   from background points (:mod:`.camera_motion`), has been applied to it. A
-   track hidden behind an object that moves with it coasts with the occluder.
+   from background points (:mod:`.camera_motion`), has been applied to it.
 2. **Compare.** Each track's last visible mask, shifted to its predicted
    place, is laid over this frame's instance map on a sub-sampled grid
    (:func:`.association.region_overlap`): one histogram gives its mask IoU
@@ -15,15 +14,18 @@ Per frame, :meth:`Tracker.update` runs these steps (each a method below):
    cosine of the track's moving-average embedding, behind a centre-distance
    gate and class compatibility), in a cascade: confirmed tracks with high-score detections; the rest of them
    with low-score detections (ByteTrack's second stage); occluded and lost
-   tracks by re-identification with relaxed gating (near the prediction *or*
-   touching the occluder, same class, similar appearance); tentative tracks
+   tracks by re-identification with relaxed gating (near the prediction,
+   within the uncertainty it has gathered while unseen, *or* touching the
+   occluder; same class, similar appearance, no larger than the object may
+   have grown); tentative tracks
    with what is left. Re-identification comes before tentative tracks on
    purpose: a confirmed identity outranks an unconfirmed one, otherwise an
    object that re-emerges and is missed by re-identification once starts a
    tentative track that then claims it on every later frame.
 4. **Update** matched tracks. A partially hidden detection (its box shorter
-   than the prediction on a side that touches another thing or the image
-   border) is measured by its free edges and the track's size, so the state
+   than the prediction on a side where a nearer thing, or the image border,
+   lies within a few pixels) is measured by its free edges and the track's
+   size, so the state
    stays amodal and the velocity does not sag while an object slides behind
    a bus.
 5. **Occlusion reasoning** for unmatched confirmed tracks: if more than
@@ -35,8 +37,10 @@ Per frame, :meth:`Tracker.update` runs these steps (each a method below):
    the track vanished, sitting where the track is predicted, is taken for the
    same object under another class, not an occluder. When an occluded track's
    own motion would have brought it back into view but it is not there,
-   riding along with the occluder (a cyclist hidden beside a bus) is tried
-   and, if that keeps it covered, adopted.
+   riding along with the occluder (a cyclist hidden beside a bus) is tried:
+   if that keeps it covered, it stays OCCLUDED (published where riding puts
+   it) while its own motion state is kept, so a parked car is not dragged
+   away by every bus that passes in front of it.
 6. **Birth and confirmation.** Unmatched confident detections start
    tentative tracks; a track gets its id from this tracker's own counter
    when it reaches ``min_hits`` matches, so ids are dense, start at 1, and
@@ -72,6 +76,8 @@ _DEFAULT_PERIOD_S = 0.1  # frame period assumed before two good stamps have been
 _NUM_CLASS_SLOTS = 256
 _PARTIAL = 0.95  # a detection narrower/shorter than this fraction of the prediction may be cut off
 _SIDE_BLOCKED = 0.3  # fraction of another thing's pixels just outside a box side that marks it cut off
+_SIDE_REACH_PX = 3  # how far outside a box side that other thing may start (masks are not pixel-tight)
+_REID_SIGMAS = 3.0  # re-identification gate: how far (in standard deviations) a detection may stick out of the prediction
 
 
 class _TrackTable:
@@ -334,11 +340,6 @@ class Tracker:
             a = motion.affine_2x3
             tb.mean, tb.cov = kalman.warp(tb.mean, tb.cov, a)
             tb.occluder_offset_xy = tb.occluder_offset_xy @ a[:, :2].T
-        movers = (tb.moves_with_occluder & (tb.status == _OCCLUDED)).nonzero()[0]
-        if movers.size:
-            occ = tb.rows_of_keys(tb.occluder_key[movers])
-            ok = occ >= 0
-            tb.mean[movers[ok], 4:6] = tb.mean[occ[ok], 4:6]
         # A track that is not being measured keeps its size (ByteTrack zeroes the height rate of lost tracks).
         tb.mean[tb.status != _MATCHED, 6:8] = 0.0
         tb.mean, tb.cov = kalman.predict(tb.mean, tb.cov, dt_s, self.noise)
@@ -436,15 +437,41 @@ class Tracker:
         return aff_geo, aff_full
 
     def _reid_affinity(self, dets: DetectionSet, tr: np.ndarray, dc: np.ndarray) -> np.ndarray:
-        """Relaxed affinity for tracks not matched normally: near the prediction OR touching the occluder."""
+        """Relaxed affinity for tracks not matched normally: near the prediction OR touching the occluder.
+
+        "Near" is judged against what the filter knows: a detection may be the
+        visible part of the predicted (amodal) box, so only how far it sticks
+        out of that box counts, in units of the uncertainty of the box's edges
+        (position and size, grown every frame the track went unseen, plus the
+        detector's jitter), at most ``_REID_SIGMAS`` of them, and never more than
+        ``reid_max_distance`` track sizes away. A track missed for one frame
+        thus takes back only a detection where it must be -- not the next car
+        that just came out from behind it -- while one hidden for two seconds
+        may come back well away from where it was expected. Where both sides
+        carry appearance embeddings, the appearance gate decides identity and
+        ``reid_max_distance`` alone bounds the distance.
+        """
         tb, p = self._table, self._params
         pred = kalman.boxes_xyxy(tb.mean[tr])
         size = box_sizes(pred)
         boxes = dets.boxes_xyxy[dc]
         gap = box_gap(pred, boxes) / size[:, None]
-        reach = max(p.reid_max_distance, 1e-6)
-        near = gap <= p.reid_max_distance
-        near_score = np.where(near, 1.0 - gap / reach, 0.0)
+        out_x = np.maximum(np.maximum(boxes[None, :, 2] - pred[:, None, 2], pred[:, None, 0] - boxes[None, :, 0]), 0.0)
+        out_y = np.maximum(np.maximum(boxes[None, :, 3] - pred[:, None, 3], pred[:, None, 1] - boxes[None, :, 1]), 0.0)
+        jitter = self.noise.measurement_std * np.maximum(tb.mean[tr, 2:4], 1.0)
+        edge_sd = np.sqrt(tb.cov[tr, 0:2, 0] + 0.25 * tb.cov[tr, 2:4, 0] + jitter * jitter)  # (T, 2): x, y
+        sigmas = np.hypot(out_x / edge_sd[:, 0:1], out_y / edge_sd[:, 1:2])
+        within = gap <= p.reid_max_distance
+        near = within & (sigmas <= _REID_SIGMAS)
+        near_score = np.where(near, 1.0 - sigmas / _REID_SIGMAS, 0.0)
+        seen_alike = np.zeros_like(near)  # both sides carry appearance, which then decides (gated below)
+        if dets.embeddings.shape[1] and tb.emb.shape[1] == dets.embeddings.shape[1]:
+            seen_alike = tb.emb_ok[tr][:, None] & dets.has_embedding[dc][None, :]
+            # Appearance confirms identity, so geometry may be as loose as reid_max_distance alone: a
+            # prediction that drifted while the object was half hidden still finds it.
+            loose = seen_alike & within & ~near
+            near_score = np.where(loose, 1.0 - gap / max(p.reid_max_distance, 1e-6), near_score)
+            near |= loose
         adjacent = np.zeros_like(near)
         occ = tb.rows_of_keys(tb.occluder_key[tr])
         has_occ = (occ >= 0).nonzero()[0]
@@ -456,19 +483,21 @@ class Tracker:
             occ_box[seen] = dets.boxes_xyxy[tb.det_index[o][seen]]
             margin = 0.25 * size[has_occ] + dets.stride
             adjacent[has_occ] = box_gap(occ_box, boxes) <= margin[:, None]
-        # The visible part of an object is never much larger than the object.
+        # The visible part of an object is never much larger than the object -- whose size is known only to
+        # within the filter's uncertainty, and that grows while it is unseen: a car hidden for two seconds
+        # while the camera drives towards it comes back half again or twice as large.
         slack = 2.0 * dets.stride
-        fits = (((boxes[None, :, 2] - boxes[None, :, 0]) <= 1.5 * tb.mean[tr, 2][:, None] + slack)
-                & ((boxes[None, :, 3] - boxes[None, :, 1]) <= 1.5 * tb.mean[tr, 3][:, None] + slack))
+        max_wh = 1.5 * tb.mean[tr, 2:4] + 2.0 * np.sqrt(tb.cov[tr, 2:4, 0]) + slack
+        fits = (((boxes[None, :, 2] - boxes[None, :, 0]) <= max_wh[:, 0][:, None])
+                & ((boxes[None, :, 3] - boxes[None, :, 1]) <= max_wh[:, 1][:, None]))
         compat = self._compat[tb.class_id[tr][:, None], dets.classes[dc][None, :]]
         gate = (near | adjacent) & fits & compat
         geo = np.maximum(near_score, np.where(adjacent, 0.5, 0.0))
         aff = geo
-        if dets.embeddings.shape[1] and tb.emb.shape[1] == dets.embeddings.shape[1]:
+        if seen_alike.any():
             c = tb.emb[tr] @ dets.embeddings[dc].T
-            ok = tb.emb_ok[tr][:, None] & dets.has_embedding[dc][None, :]
-            gate &= ~ok | (c >= p.reid_min_similarity)
-            aff = np.where(ok, 0.5 * geo + 0.5 * np.minimum(np.maximum(c, 0.0), 1.0), geo)
+            gate &= ~seen_alike | (c >= p.reid_min_similarity)
+            aff = np.where(seen_alike, 0.5 * geo + 0.5 * np.minimum(np.maximum(c, 0.0), 1.0), geo)
         return np.where(gate, aff, 0.0)
 
     def _apply_matches(self, dets: DetectionSet, rows: np.ndarray, cols: np.ndarray, stamp: float) -> None:
@@ -478,7 +507,7 @@ class Tracker:
         cut = ((z[:, 2] < _PARTIAL * pred[:, 2]) | (z[:, 3] < _PARTIAL * pred[:, 3])).nonzero()[0]
         if cut.size:
             z[cut] = _amodal_measurements(dets.boxes_xyxy[cols[cut]], cols[cut] + 1, pred[cut],
-                                          dets.label_map_contiguous)
+                                          dets.label_map_contiguous, dets.boxes_xyxy)
         # After a gap the covariance has grown with every coasted step, so the update trusts the
         # measurement and re-learns the velocity within a few frames (even after a reversal).
         tb.mean[rows], tb.cov[rows] = kalman.update(pred, tb.cov[rows], z, self.noise)
@@ -592,26 +621,31 @@ class Tracker:
             if is_occ[i]:
                 o_row = int(det_row[occ_det[i]])
                 o_key = int(tb.key[o_row]) if o_row >= 0 else 0
-                if tb.status[row] != _OCCLUDED or tb.occluder_key[row] != o_key:
-                    tb.moves_with_occluder[row] = False  # onset (or a new occluder)
-                    if o_row >= 0:
-                        tb.occluder_offset_xy[row] = tb.mean[row, :2] - tb.mean[o_row, :2]
+                if (tb.status[row] != _OCCLUDED or tb.occluder_key[row] != o_key) and o_row >= 0:
+                    tb.occluder_offset_xy[row] = tb.mean[row, :2] - tb.mean[o_row, :2]  # onset, or a new occluder
+                tb.moves_with_occluder[row] = False  # its own motion explains why it is hidden
                 tb.status[row] = _OCCLUDED
                 tb.occluder_key[row] = o_key
                 tb.frames_lost[row] = 0
                 continue
-            if (tb.status[row] == _OCCLUDED and not tb.moves_with_occluder[row]
-                    and self._still_hidden_with_occluder(dets, row)):
+            if tb.status[row] == _OCCLUDED and self._hidden_beside_occluder(dets, row):
+                tb.moves_with_occluder[row] = True
                 continue
+            tb.moves_with_occluder[row] = False
             tb.status[row] = _LOST
             tb.frames_lost[row] += 1
 
-    def _still_hidden_with_occluder(self, dets: DetectionSet, row: int) -> bool:
+    def _hidden_beside_occluder(self, dets: DetectionSet, row: int) -> bool:
         """Would the track still be hidden had it moved with its occluder since the occlusion began?
 
-        Its own motion predicts it visible, yet it is not detected: if riding
-        along with the occluder keeps it covered, that explains the frame
-        better, and the track coasts with the occluder from now on.
+        Its own motion predicts it visible, yet it is not detected. If riding
+        along with the occluder keeps it covered (a cyclist hidden beside a
+        bus), that explains the frame, and the track stays OCCLUDED. Only the
+        bookkeeping follows that explanation: the track's own motion state is
+        left as it was. Copying the occluder's motion into it would drag a
+        parked car or a pedestrian along with every bus that passes in front
+        of it, far from where it re-emerges; re-identification next to the
+        occluder (see :meth:`_reid_affinity`) finds an object that did ride along.
         """
         tb, p = self._table, self._params
         o = int(tb.rows_of_keys(np.array([tb.occluder_key[row]]))[0])
@@ -620,12 +654,7 @@ class Tracker:
         moved = tb.mean[row].copy()
         moved[:2] = tb.mean[o, :2] + tb.occluder_offset_xy[row]
         counts, in_view = box_region_labels(dets.label_map_ds, kalman.boxes_xyxy(moved[None]), dets.stride, dets.n)
-        if in_view[0] == 0 or counts[0, 1:].sum() < p.occlusion_threshold * in_view[0]:
-            return False
-        tb.mean[row, :2] = moved[:2]
-        tb.mean[row, 4:6] = tb.mean[o, 4:6]
-        tb.moves_with_occluder[row] = True
-        return True
+        return bool(in_view[0] > 0 and counts[0, 1:].sum() >= p.occlusion_threshold * in_view[0])
 
     def _confirm(self, matched: np.ndarray) -> None:
         """Tentative tracks with enough hits get the next ids, in detection order."""
@@ -675,11 +704,19 @@ class Tracker:
         # (each object gets rows of fresh arrays, never views of the tracker's own state).
         det = tb.det_index[shown]
         vis = det >= 0
-        box = kalman.boxes_xyxy(tb.mean[shown])
+        state = tb.mean[shown].copy()
+        # Hidden beside its occluder (see _hidden_beside_occluder): shown where riding along puts it.
+        riding = (~vis & tb.moves_with_occluder[shown]).nonzero()[0]
+        if riding.size:
+            o = tb.rows_of_keys(tb.occluder_key[shown[riding]])
+            ok = o >= 0
+            state[riding[ok], 0:2] = tb.mean[o[ok], 0:2] + tb.occluder_offset_xy[shown[riding[ok]]]
+            state[riding[ok], 4:6] = tb.mean[o[ok], 4:6]
+        box = kalman.boxes_xyxy(state)
         box[vis] = dets.boxes_xyxy[det[vis]]
-        centroid = tb.mean[shown, :2].copy()
+        centroid = state[:, :2].copy()
         centroid[vis] = dets.centroid_px[det[vis]]
-        velocity = tb.mean[shown, 4:6].copy()
+        velocity = state[:, 4:6].copy()
         area = np.zeros(shown.size, np.int64)
         area[vis] = dets.area_px[det[vis]]
         state = np.where(vis, np.where(tb.confirmed_frame[shown] == self._frame, int(TrackState.NEW),
@@ -726,7 +763,7 @@ class Tracker:
 
 
 def _amodal_measurements(boxes_xyxy: np.ndarray, labels: np.ndarray, pred_t8: np.ndarray,
-                         label_map: np.ndarray) -> np.ndarray:
+                         label_map: np.ndarray, label_boxes_xyxy: np.ndarray) -> np.ndarray:
     """(K, 4) ``[cx, cy, w, h]`` measurements of detections that may be partially hidden.
 
     On an axis where the visible box is shorter than the prediction and one
@@ -735,7 +772,7 @@ def _amodal_measurements(boxes_xyxy: np.ndarray, labels: np.ndarray, pred_t8: np
     that axis keeps the prediction. Otherwise the visible box is the measurement.
     """
     z = kalman.xyxy_to_cxcywh(boxes_xyxy)
-    blocked = blocked_sides(label_map, boxes_xyxy, labels, _SIDE_BLOCKED)
+    blocked = blocked_sides(label_map, boxes_xyxy, labels, _SIDE_BLOCKED, _SIDE_REACH_PX, label_boxes_xyxy)
     for axis in (0, 1):
         size = pred_t8[:, 2 + axis]
         low, high = blocked[:, axis], blocked[:, axis + 2]

@@ -1,0 +1,155 @@
+"""Soak: many frames through the real Pipeline (tiny model, CPU) with memory flat and the track table bounded.
+
+Eight cameras share one batched model, each with its own tracker; every camera sees a street of coloured
+boxes that keep entering, crossing and leaving, over noise, and the random-weight model's detections come
+and go with them, so tracks are created and deleted all the time and the track cap (``tracker.max_tracks``)
+is reached again and again. Resident memory is sampled after ``gc.collect()`` at regular intervals once
+warm-up is over; it must stay flat (growth under 5 %), and no camera may ever hold more tracks than the cap.
+
+Sizes: CI 1,200 frames (about a minute here); ``PANOPTIC_RELIABILITY_SIZE=full`` 20,000 frames.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from panoptic_ros.model.checkpoint import ModelCard, save_model
+from panoptic_ros.model.config import ModelConfig
+from panoptic_ros.model.efficientps import build_model
+from panoptic_ros.params import NodeParams, build
+from panoptic_ros.pipeline import CameraFrame, Pipeline
+
+torch.set_num_threads(1)
+
+FULL = os.environ.get("PANOPTIC_RELIABILITY_SIZE", "ci") == "full"
+FRAMES = 20_000 if FULL else 1_200
+CAMERAS = 8
+MAX_TRACKS = 24
+H, W = 64, 128
+SAMPLES = 20  # RSS samples after warm-up
+MAX_GROWTH = 0.05
+TINY = dict(fpn_channels=32, semantic_channels=16, box_head_dim=64, mask_head_channels=16, mask_head_convs=1,
+            embedding_dim=16, input_height=64, input_width=128, anchor_sizes=(8, 16, 32, 64),
+            rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
+
+
+def record(check: str, **figures: Any) -> None:
+    """Append this check's figures to the reliability report (tools/reliability.py sets the path)."""
+    path = os.environ.get("PANOPTIC_RELIABILITY_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"check": check, "file": Path(__file__).name, **figures}) + "\n")
+
+
+@dataclass
+class Box:
+    x: float
+    y: float
+    w: int
+    h: int
+    vx: float
+    colour: np.ndarray
+
+
+class ChurningStreet:
+    """Boxes enter at one side, cross at their own speed and leave at the other; new ones keep coming."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.boxes: list[Box] = []
+        yy, xx = np.mgrid[0:H, 0:W]
+        self.background = np.stack([xx * 255 // W, yy * 255 // H, (xx + yy) * 255 // (W + H)], -1).astype(np.uint8)
+
+    def _spawn(self) -> Box:
+        r = self.rng
+        w, h = int(r.integers(8, 40)), int(r.integers(8, 40))
+        left = bool(r.integers(0, 2))
+        speed = float(r.uniform(2.0, 9.0))
+        return Box(x=-w if left else W, y=float(r.integers(0, H - h)), w=w, h=h, vx=speed if left else -speed,
+                   colour=r.integers(0, 256, 3).astype(np.uint8))
+
+    def frame(self) -> np.ndarray:
+        self.boxes = [b for b in self.boxes if -b.w <= b.x + b.vx <= W]  # those that left are gone
+        for b in self.boxes:
+            b.x += b.vx
+        while len(self.boxes) < 6 or self.rng.random() < 0.3:
+            self.boxes.append(self._spawn())
+        image = self.background.copy()
+        image += self.rng.integers(0, 24, image.shape, dtype=np.uint8)
+        for b in self.boxes:
+            x0, x1 = max(int(b.x), 0), min(int(b.x) + b.w, W)
+            if x1 > x0:
+                image[int(b.y):int(b.y) + b.h, x0:x1] = b.colour
+        return image
+
+
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    torch.manual_seed(0)
+    cfg = ModelConfig(pretrained_backbone=False, **TINY)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(build_model(cfg).eval(), path, ModelCard(name="tiny", config=cfg))
+    params = build(NodeParams, {"model.path": str(path), "model.device": "cpu", "model.score_threshold": 0.05,
+                                "model.overlap_threshold": 0.0, "model.max_detections": 12,
+                                "model.rpn_post_nms_top_n": 30, "max_batch": CAMERAS, "tracker.min_hits": 1,
+                                "tracker.high_score_threshold": 0.1, "tracker.low_score_threshold": 0.05,
+                                "tracker.new_track_score_threshold": 0.1, "tracker.max_tracks": MAX_TRACKS})
+    return Pipeline.from_params(params)
+
+
+@pytest.mark.timeout(3600 if FULL else 300)
+def test_soak_memory_stays_flat_and_the_track_table_bounded(pipeline: Pipeline) -> None:
+    streets = [ChurningStreet(seed) for seed in range(CAMERAS)]
+    names = [f"cam{c}" for c in range(CAMERAS)]
+    batches = FRAMES // CAMERAS
+    warm_up = max(25, batches // 5)
+    every = max(1, (batches - warm_up) // SAMPLES)
+    samples: list[tuple[int, float]] = []
+    most_tracks = 0
+    mask_cells: list[int] = []
+    ended = 0
+    t0 = time.monotonic()
+    for k in range(batches):
+        frames = [CameraFrame(n, s.frame(), 0.1 * k) for n, s in zip(names, streets)]
+        for out in pipeline.process(frames):
+            tracks = out.tracked.num_tracks
+            assert tracks <= MAX_TRACKS, (k, out.camera, tracks)
+            most_tracks = max(most_tracks, tracks)
+            ended += len(out.tracked.ended_track_ids)
+        if k >= warm_up and (k - warm_up) % every == 0:
+            gc.collect()
+            samples.append(((k + 1) * CAMERAS, rss_mb()))
+            mask_cells.append(max(pipeline.tracker(n).num_mask_cells for n in names))
+    seconds = time.monotonic() - t0
+    created = sum(pipeline.tracker(n).next_track_id - 1 for n in names)
+    first = float(np.mean([mb for _, mb in samples[:3]]))
+    last = float(np.mean([mb for _, mb in samples[-3:]]))
+    growth = (last - first) / first
+    peak = max(mb for _, mb in samples)
+    record("soak", frames=batches * CAMERAS, cameras=CAMERAS, seconds=round(seconds, 1),
+           frames_per_s=round(batches * CAMERAS / seconds, 1), warm_up_frames=warm_up * CAMERAS,
+           rss_after_warm_up_mb=round(first, 1), rss_end_mb=round(last, 1), rss_peak_mb=round(peak, 1),
+           rss_growth_mb=round(last - first, 1), rss_growth_pct=round(100 * growth, 2),
+           rss_samples=[(n, round(mb, 1)) for n, mb in samples], track_cap=MAX_TRACKS, most_tracks=most_tracks,
+           tracks_created=created, confirmed_tracks_ended=ended, mask_cells_max=max(mask_cells))
+    assert len(samples) >= 6
+    assert growth < MAX_GROWTH, (f"RSS grew {100 * growth:.1f}% ({last - first:.1f} MB) after warm-up", samples)
+    assert most_tracks == MAX_TRACKS  # the cap was reached: the bound was exercised, not just never needed
+    assert created >= batches  # more than one new track per camera every eight frames: churn
+    assert ended >= created // 4  # confirmed tracks end, not pile up
+    quarter = max(1, len(mask_cells) // 4)
+    assert max(mask_cells[-quarter:]) <= 2 * max(mask_cells[:quarter]), mask_cells  # stored masks bounded
