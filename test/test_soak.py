@@ -34,7 +34,7 @@ torch.set_num_threads(1)
 FULL = os.environ.get("PANOPTIC_RELIABILITY_SIZE", "ci") == "full"
 FRAMES = 20_000 if FULL else 1_200
 CAMERAS = 8
-MAX_TRACKS = 24
+MAX_TRACKS = 10  # uncapped, these cameras hold 12 tracks at the median and up to 20
 H, W = 64, 128
 SAMPLES = 20  # RSS samples after warm-up
 MAX_GROWTH = 0.05
@@ -120,6 +120,7 @@ def test_soak_memory_stays_flat_and_the_track_table_bounded(pipeline: Pipeline) 
     every = max(1, (batches - warm_up) // SAMPLES)
     samples: list[tuple[int, float]] = []
     most_tracks = 0
+    at_cap = 0
     mask_cells: list[int] = []
     ended = 0
     t0 = time.monotonic()
@@ -129,6 +130,7 @@ def test_soak_memory_stays_flat_and_the_track_table_bounded(pipeline: Pipeline) 
             tracks = out.tracked.num_tracks
             assert tracks <= MAX_TRACKS, (k, out.camera, tracks)
             most_tracks = max(most_tracks, tracks)
+            at_cap += tracks == MAX_TRACKS
             ended += len(out.tracked.ended_track_ids)
         if k >= warm_up and (k - warm_up) % every == 0:
             gc.collect()
@@ -145,10 +147,12 @@ def test_soak_memory_stays_flat_and_the_track_table_bounded(pipeline: Pipeline) 
            rss_after_warm_up_mb=round(first, 1), rss_end_mb=round(last, 1), rss_peak_mb=round(peak, 1),
            rss_growth_mb=round(last - first, 1), rss_growth_pct=round(100 * growth, 2),
            rss_samples=[(n, round(mb, 1)) for n, mb in samples], track_cap=MAX_TRACKS, most_tracks=most_tracks,
+           frames_at_cap=at_cap,
            tracks_created=created, confirmed_tracks_ended=ended, mask_cells_max=max(mask_cells))
     assert len(samples) >= 6
     assert growth < MAX_GROWTH, (f"RSS grew {100 * growth:.1f}% ({last - first:.1f} MB) after warm-up", samples)
-    assert most_tracks == MAX_TRACKS  # the cap was reached: the bound was exercised, not just never needed
+    # The cap was reached, often: the bound was exercised, not just never needed.
+    assert most_tracks == MAX_TRACKS and at_cap >= batches * CAMERAS // 10, (most_tracks, at_cap)
     assert created >= batches  # more than one new track per camera every eight frames: churn
     assert ended >= created // 4  # confirmed tracks end, not pile up
     quarter = max(1, len(mask_cells) // 4)

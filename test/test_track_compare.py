@@ -115,7 +115,8 @@ def test_degrade_drops_misses_and_perturbs_as_configured() -> None:
         missed += out.stats.missed
         detected += out.stats.detected
         assert r.num_instances == out.stats.detected
-        np.testing.assert_array_equal(r.areas_px, np.bincount(r.instance_map.ravel(), minlength=r.num_instances + 1)[1:])
+        counted = np.bincount(r.instance_map.ravel(), minlength=r.num_instances + 1)[1:]
+        np.testing.assert_array_equal(r.areas_px, counted)
         for i, t in enumerate(out.source_track_ids.tolist()):
             mine, truth = r.instance_map == i + 1, frame.instance == t
             iou = (mine & truth).sum() / (mine | truth).sum()

@@ -25,6 +25,7 @@ RECEIVED, PROCESSED, DROPPED, SKIPPED_DISABLED = "frames_received", "frames_proc
 DECODE_ERRORS, QOS_INCOMPATIBLE = "decode_errors", "qos_incompatible"
 CAMERA_INFO_INVALID, CAMERA_INFO_UNMATCHED, CAMERA_INFO_SIZE = "camera_info_invalid", "camera_info_unmatched", \
     "camera_info_size_mismatch"
+CAMERA_INFO_RECEIVED = "camera_info_received"
 CLOCK_JUMPS, PROCESSING_ERRORS, CALLBACK_ERRORS = "clock_jumps", "processing_errors", "callback_errors"
 ERROR_KEYS = (DECODE_ERRORS, QOS_INCOMPATIBLE, CAMERA_INFO_INVALID, CAMERA_INFO_UNMATCHED, CAMERA_INFO_SIZE,
               CLOCK_JUMPS, PROCESSING_ERRORS, CALLBACK_ERRORS)
@@ -105,7 +106,7 @@ class DiagnosticsBuilder:
         values = [_kv("enabled", str(enabled).lower()), _kv("input_rate_hz", rate_in), _kv("output_rate_hz", rate_out),
                   _kv("latency_p50_ms", _percentile_ms(latency, 50)),
                   _kv("latency_p99_ms", _percentile_ms(latency, 99)), _kv("objects", stats.num_objects)]
-        for key in (RECEIVED, PROCESSED, DROPPED, SKIPPED_DISABLED) + ERROR_KEYS:
+        for key in (RECEIVED, PROCESSED, DROPPED, SKIPPED_DISABLED, CAMERA_INFO_RECEIVED) + ERROR_KEYS:
             values.append(_kv(key, counts[key]))
         values += [_kv(k, counts[k]) for k in sorted(counts) if "." in k]
         if grew:

@@ -213,6 +213,7 @@ class PanopticNode(Node):
 
     def _on_camera_info(self, cam: CameraPorts, msg: CameraInfo) -> None:
         try:
+            cam.stats.add(diagnostics.CAMERA_INFO_RECEIVED)
             intrinsics = convert.camera_info_intrinsics(msg)
         except ValueError as exc:
             cam.stats.add(diagnostics.CAMERA_INFO_INVALID)

@@ -77,7 +77,7 @@ _NUM_CLASS_SLOTS = 256
 _PARTIAL = 0.95  # a detection narrower/shorter than this fraction of the prediction may be cut off
 _SIDE_BLOCKED = 0.3  # fraction of another thing's pixels just outside a box side that marks it cut off
 _SIDE_REACH_PX = 3  # how far outside a box side that other thing may start (masks are not pixel-tight)
-_REID_SIGMAS = 3.0  # re-identification gate: how far (in standard deviations) a detection may stick out of the prediction
+_REID_SIGMAS = 3.0  # re-identification: how many standard deviations a detection may stick out of the prediction
 
 
 class _TrackTable:
