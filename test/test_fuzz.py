@@ -20,7 +20,7 @@ import struct
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from panoptic_ros.ros import convert, diagnostics  # noqa: E402
 FULL = os.environ.get("PANOPTIC_RELIABILITY_SIZE", "ci") == "full"
 CODEC_EXAMPLES = 5000 if FULL else 1000  # per message type, decoder level
 CALLBACK_EXAMPLES = 5000 if FULL else 1300  # per node test; at least 1,000 of them malformed
-MIN_MALFORMED = 4400 if FULL else 1000
+MIN_MALFORMED = 4000 if FULL else 1000
 DDS_MESSAGES = 1000 if FULL else 300
 BURST = 8  # messages sent over DDS before waiting for the node to have them all
 SETTINGS = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -108,6 +108,11 @@ class RawSpec:
     @property
     def expected(self) -> str | None:
         return expected_raw_kind(self.height, self.width, self.encoding, self.step, self.length)
+
+    @property
+    def on_the_wire(self) -> "RawSpec":
+        """The image as DDS delivers it: CDR strings end at the first NUL ('rgb8\\x00junk' arrives as 'rgb8')."""
+        return replace(self, encoding=self.encoding.split("\x00", 1)[0])
 
     def message(self) -> Image:
         data = np.random.default_rng(self.seed).integers(0, 256, self.length, dtype=np.uint8).tobytes()
@@ -183,8 +188,8 @@ def set_stamp(msg: Any, stamp_s: float, frame_id: str) -> None:
 
 U32 = 2**32 - 1
 STAMPS = st.sampled_from([10.0, 10.5, 11.0, 11.5, 12.0]) | st.floats(0.0, 4e9)
-RAW_DEFECTS = ["zero_height", "zero_width", "too_small", "too_many_pixels", "unknown_encoding", "not_colour", "short_step",
-               "truncated", "longer", "empty_data", "odd_yuv_width", "huge_step", "wild"]
+RAW_DEFECTS = ["zero_height", "zero_width", "too_small", "too_many_pixels", "unknown_encoding", "not_colour",
+               "short_step", "truncated", "longer", "empty_data", "odd_yuv_width", "huge_step", "wild"]
 
 
 @st.composite
@@ -373,34 +378,54 @@ def mixed(draw: st.DrawFn, images: st.SearchStrategy, infos: st.SearchStrategy) 
 # --------------------------------------------------------------------------- decoder level
 
 
-@settings(max_examples=CODEC_EXAMPLES, **SETTINGS)
-@given(spec=raw_specs())
-def test_raw_image_messages_decode_or_are_rejected_with_the_oracles_kind(spec: RawSpec) -> None:
-    msg = spec.message()
-    try:
-        convert.check_image(msg)
-        rgb = convert.image_rgb(msg)
-    except convert.InputRejected as exc:
-        assert exc.kind == spec.expected, (spec, str(exc))
-        assert str(exc)  # a message naming the problem
-        return
-    assert spec.expected is None, spec
-    assert rgb.shape == (spec.height, spec.width, 3) and rgb.dtype == np.uint8
+def test_raw_image_messages_decode_or_are_rejected_with_the_oracles_kind() -> None:
+    tally: Counter = Counter()
+
+    @settings(max_examples=CODEC_EXAMPLES, **SETTINGS)
+    @given(spec=raw_specs())
+    def check(spec: RawSpec) -> None:
+        tally["messages"] += 1
+        msg = spec.message()
+        try:
+            convert.check_image(msg)
+            rgb = convert.image_rgb(msg)
+        except convert.InputRejected as exc:
+            assert exc.kind == spec.expected, (spec, str(exc))
+            assert str(exc)  # a message naming the problem
+            tally[f"rejected.{exc.kind}"] += 1
+            return
+        assert spec.expected is None, spec
+        assert rgb.shape == (spec.height, spec.width, 3) and rgb.dtype == np.uint8
+        tally["decoded"] += 1
+
+    check()
+    assert tally["messages"] >= CODEC_EXAMPLES
+    record("fuzz.decoders.image", **tally)
 
 
-@settings(max_examples=CODEC_EXAMPLES, **SETTINGS)
-@given(spec=compressed_specs())
-def test_compressed_image_messages_decode_or_are_rejected(spec: CompressedSpec) -> None:
-    msg = spec.message()
-    try:
-        convert.check_compressed(msg)
-        rgb = convert.compressed_rgb(msg)
-    except convert.InputRejected as exc:
-        assert exc.kind == spec.expected and exc.kind in convert.DECODE_ERROR_KINDS, (spec.defect, str(exc))
-        return
-    assert spec.expected is None and spec.defect not in ("empty", "bad_format", "depth_format", "huge_header",
-                                                         "zero_header", "too_small"), (spec.defect, spec.format)
-    assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8 and rgb.size > 0
+def test_compressed_image_messages_decode_or_are_rejected() -> None:
+    tally: Counter = Counter()
+
+    @settings(max_examples=CODEC_EXAMPLES, **SETTINGS)
+    @given(spec=compressed_specs())
+    def check(spec: CompressedSpec) -> None:
+        tally["messages"] += 1
+        msg = spec.message()
+        try:
+            convert.check_compressed(msg)
+            rgb = convert.compressed_rgb(msg)
+        except convert.InputRejected as exc:
+            assert exc.kind == spec.expected and exc.kind in convert.DECODE_ERROR_KINDS, (spec.defect, str(exc))
+            tally[f"rejected.{exc.kind}"] += 1
+            return
+        assert spec.expected is None and spec.defect not in ("empty", "bad_format", "depth_format", "huge_header",
+                                                             "zero_header", "too_small"), (spec.defect, spec.format)
+        assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8 and rgb.size > 0
+        tally["decoded"] += 1
+
+    check()
+    assert tally["messages"] >= CODEC_EXAMPLES
+    record("fuzz.decoders.compressed_image", **tally)
 
 
 def test_every_undamaged_compressed_flavour_decodes() -> None:
@@ -410,24 +435,35 @@ def test_every_undamaged_compressed_flavour_decodes() -> None:
         assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8, fmt
 
 
-@settings(max_examples=CODEC_EXAMPLES, **SETTINGS)
-@given(spec=info_specs(), image_w=st.integers(MIN_IMAGE_SIDE_PX, 4096), image_h=st.integers(MIN_IMAGE_SIDE_PX, 4096))
-def test_camera_info_is_refused_or_usable_for_positions(spec: InfoSpec, image_w: int, image_h: int) -> None:
+def test_camera_info_is_refused_or_usable_for_positions() -> None:
     """An accepted CameraInfo must also be usable downstream: scaled to the image, projected to the ground."""
-    try:
-        intrinsics = convert.camera_info_intrinsics(spec.message())
-    except ValueError as exc:
-        assert not spec.valid, (spec, str(exc))
-        return
-    assert spec.valid, spec
     from panoptic_ros.pipeline import ground_positions
 
-    k = intrinsics if (intrinsics.width, intrinsics.height) == (image_w, image_h) else \
-        intrinsics.scaled(image_w, image_h)
-    camera = CameraModel(k, CameraMounting(height_m=1.5, pitch_rad=0.1))
-    boxes = [np.array([0.0, 0.0, image_w, image_h], np.float32), np.array([1.0, 1.0, 2.0, 2.0], np.float32)]
-    for p in ground_positions(camera, boxes):
-        assert p is None or (p.shape == (3,) and np.all(np.isfinite(p)))
+    tally: Counter = Counter()
+
+    @settings(max_examples=CODEC_EXAMPLES, **SETTINGS)
+    @given(spec=info_specs(), image_w=st.integers(MIN_IMAGE_SIDE_PX, 4096),
+           image_h=st.integers(MIN_IMAGE_SIDE_PX, 4096))
+    def check(spec: InfoSpec, image_w: int, image_h: int) -> None:
+        tally["messages"] += 1
+        try:
+            intrinsics = convert.camera_info_intrinsics(spec.message())
+        except ValueError as exc:
+            assert not spec.valid, (spec, str(exc))
+            tally["rejected"] += 1
+            return
+        assert spec.valid, spec
+        k = intrinsics if (intrinsics.width, intrinsics.height) == (image_w, image_h) else \
+            intrinsics.scaled(image_w, image_h)
+        camera = CameraModel(k, CameraMounting(height_m=1.5, pitch_rad=0.1))
+        boxes = [np.array([0.0, 0.0, image_w, image_h], np.float32), np.array([1.0, 1.0, 2.0, 2.0], np.float32)]
+        for p in ground_positions(camera, boxes):
+            assert p is None or (p.shape == (3,) and np.all(np.isfinite(p)))
+        tally["accepted_and_projected"] += 1
+
+    check()
+    assert tally["messages"] >= CODEC_EXAMPLES
+    record("fuzz.decoders.camera_info", **tally)
 
 
 # --------------------------------------------------------------------------- the node's callbacks, in-process
@@ -589,7 +625,7 @@ def test_node_counters_balance_with_the_worker_running_and_inference_toggled(con
 # --------------------------------------------------------------------------- over DDS, to a node process
 
 
-MALFORMED_RAW = raw_specs(valid_weight=0).filter(lambda s: s.expected is not None)
+MALFORMED_RAW = raw_specs(valid_weight=0).filter(lambda s: s.on_the_wire.expected is not None)
 
 
 @pytest.mark.timeout(600 if FULL else 180)
@@ -633,7 +669,7 @@ def test_malformed_flood_over_dds_leaves_the_node_serving(model_path: Path, tmp_
             else:
                 pub.publish(spec.message())
                 want[diagnostics.RECEIVED] += 1
-                want[f"{diagnostics.DECODE_ERRORS}.{spec.expected}"] += 1
+                want[f"{diagnostics.DECODE_ERRORS}.{spec.on_the_wire.expected}"] += 1
                 want[diagnostics.DECODE_ERRORS] += 1
             # Bursts of BURST, then wait for the node to have them all: no keep-last queue (ours or the
             # node's, depth 10) ever overwrites a message, however slow the machine is.

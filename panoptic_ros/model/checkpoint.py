@@ -230,38 +230,63 @@ def load_model(path: str | Path, *, expected_classes: ClassTable | None = None,
 # ----------------------------------------------------------------- resumable training state
 
 
+def _optimizer_index_names(model: EfficientPS, optimizer: torch.optim.Optimizer) -> dict[int, str]:
+    """Optimizer state index -> parameter name (indices run over the groups' params in order)."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    flat = [p for g in optimizer.param_groups for p in g["params"]]
+    return {i: name_of[id(p)] for i, p in enumerate(flat)}
+
+
 def save_training_state(directory: Path, model: EfficientPS, optimizer: torch.optim.Optimizer,
                         state: dict[str, Any]) -> None:
-    """Model (fp32), optimiser tensors (safetensors) and scalars (JSON), written atomically."""
+    """Model (fp32), optimiser tensors (safetensors) and scalars (JSON), written atomically.
+
+    Optimiser state is keyed by parameter *name*, so a run can resume after
+    the architecture gained modules (their parameters start fresh).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.tmp"))
+    names = _optimizer_index_names(model, optimizer)
     opt = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
-    for pid, st in opt["state"].items():
-        for name, value in st.items():
+    for idx, st in opt["state"].items():
+        for key, value in st.items():
             if torch.is_tensor(value):
-                tensors[f"{pid}.{name}"] = value.contiguous()
+                tensors[f"{names[idx]}::{key}"] = value.contiguous()
             else:
-                scalars[f"{pid}.{name}"] = value
+                scalars[f"{names[idx]}::{key}"] = value
     save_file(tensors or {"_empty": torch.zeros(1)}, str(directory / "optimizer.tmp"))
-    doc = {"state": state, "optimizer_scalars": scalars, "param_groups": opt["param_groups"]}
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
+    doc = {"state": state, "optimizer_scalars": scalars, "param_groups": groups, "keys": "name"}
     (directory / "state.tmp").write_text(json.dumps(doc))
     for stem, suffix in (("model", ".safetensors"), ("optimizer", ".safetensors"), ("state", ".json")):
         (directory / f"{stem}.tmp").replace(directory / f"{stem}{suffix}")
 
 
 def load_training_state(directory: Path, model: EfficientPS, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore what :func:`save_training_state` wrote; parameters the saved run lacked start fresh."""
     for name in ("model.safetensors", "optimizer.safetensors"):
         check_safetensors_file(directory / name)
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    missing, unexpected = model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=False)
+    if unexpected:
+        raise CheckpointError(f"{directory} holds tensors this architecture lacks, e.g. {unexpected[:3]}")
+    if missing:
+        print(f"resume: {len(missing)} tensors are new in this architecture and start fresh "
+              f"(e.g. {', '.join(missing[:3])})")
     doc = json.loads((directory / "state.json").read_text())
-    tensors = load_file(str(directory / "optimizer.safetensors"))
+    if doc.get("keys") != "name":
+        raise CheckpointError(f"{directory}/state.json is from an older training-state format; restart the run")
+    index_of = {n: i for i, n in _optimizer_index_names(model, optimizer).items()}
     per_param: dict[int, dict[str, Any]] = {}
+    tensors = load_file(str(directory / "optimizer.safetensors"))
     for key, value in list(tensors.items()) + list(doc["optimizer_scalars"].items()):
         if key == "_empty":
             continue
-        pid, name = key.split(".", 1)
-        per_param.setdefault(int(pid), {})[name] = value
-    optimizer.load_state_dict({"state": per_param, "param_groups": doc["param_groups"]})
+        pname, stat = key.split("::", 1)
+        if pname in index_of:
+            per_param.setdefault(index_of[pname], {})[stat] = value
+    current = optimizer.state_dict()
+    groups = [{**saved, "params": g["params"]} for saved, g in zip(doc["param_groups"], current["param_groups"])]
+    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
     return doc["state"]

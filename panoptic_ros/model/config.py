@@ -24,6 +24,7 @@ class ModelConfig:
     pretrained_backbone: bool = True  # initialise from ImageNet weights where we have them locally
     fpn_channels: int = 128
     semantic_channels: int = 128  # LSFE / DPC / MC width (EfficientPS: 128)
+    stride2_refinement: bool = True  # refine the stride-4 semantic logits at stride 2 (semantic_head.py)
     # Instance head (Mask R-CNN style).
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128)  # one per FPN level (strides 4, 8, 16, 32)
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)

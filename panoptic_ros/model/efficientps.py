@@ -22,7 +22,7 @@ from panoptic_ros.model.backbone import build_backbone
 from panoptic_ros.model.config import ModelConfig
 from panoptic_ros.model.fpn import TwoWayFPN
 from panoptic_ros.model.instance_head import Detections, InstanceHead, InstanceTargets
-from panoptic_ros.model.semantic_head import SemanticHead
+from panoptic_ros.model.semantic_head import DetailRefinement, SemanticHead
 
 
 @dataclass
@@ -33,13 +33,14 @@ class RawPrediction:
 
 class EfficientPS(nn.Module):
     def __init__(self, cfg: ModelConfig, backbone: nn.Module, fpn: TwoWayFPN, semantic_head: SemanticHead,
-                 instance_head: InstanceHead) -> None:
+                 instance_head: InstanceHead, refinement: DetailRefinement | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
         self.fpn = fpn
         self.semantic_head = semantic_head
         self.instance_head = instance_head
+        self.refinement = refinement
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1) * 255.0, persistent=False)
         # Instance label k (1-based) <-> train id of the k-th thing class.
@@ -51,8 +52,13 @@ class EfficientPS(nn.Module):
         return (images_uint8.to(self.mean.dtype) - self.mean) / self.std
 
     def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        p = self.fpn(self.backbone(x))
-        return p, self.semantic_head(p, x.shape[-2:])
+        """Normalised images -> (FPN maps P2..P5, semantic logits at the input size)."""
+        c = self.backbone(x)  # C1 (stride 2) .. C5 (stride 32)
+        p = self.fpn(c[1:])
+        logits = self.semantic_head(p)
+        if self.refinement is not None:
+            logits = self.refinement(logits, c[0])
+        return p, F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def forward_dense(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Normalised images -> (semantic logits, P2..P5, RPN objectness x4, RPN deltas x4)."""
@@ -102,6 +108,7 @@ def semantic_loss(logits: torch.Tensor, target: torch.Tensor, hard_fraction: flo
 def build_model(cfg: ModelConfig) -> EfficientPS:
     """The model a configuration describes (ImageNet-initialised backbone if cfg.pretrained_backbone)."""
     backbone = build_backbone(cfg.backbone, cfg.pretrained_backbone)
-    fpn = TwoWayFPN(tuple(backbone.out_channels), cfg.fpn_channels)
+    fpn = TwoWayFPN(tuple(backbone.out_channels[1:]), cfg.fpn_channels)
     semantic = SemanticHead(cfg.fpn_channels, cfg.semantic_channels, cfg.num_classes)
-    return EfficientPS(cfg, backbone, fpn, semantic, InstanceHead(cfg))
+    refinement = DetailRefinement(cfg.num_classes, backbone.out_channels[0]) if cfg.stride2_refinement else None
+    return EfficientPS(cfg, backbone, fpn, semantic, InstanceHead(cfg), refinement)
