@@ -91,12 +91,13 @@ class Published:
             latency_s = time.monotonic() - pending.received_s
             original(cam, pending, out)
             with self.cond:
-                self.items.append((pending.stamp_s, latency_s))
+                self.items.append((round(pending.stamp_s, 6), latency_s))  # stamps as sent (6 decimals)
                 self.cond.notify_all()
 
         node._publish = publish
 
     def wait_for(self, stamp_s: float, timeout_s: float) -> bool:
+        stamp_s = round(stamp_s, 6)
         with self.cond:
             return self.cond.wait_for(lambda: any(s == stamp_s for s, _ in self.items), timeout_s)
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from panoptic_ros.model.checkpoint import CheckpointError, ModelCard, load_model, load_training_state, save_model
 from panoptic_ros.model.config import ModelConfig
@@ -144,6 +146,41 @@ def test_the_node_refuses_a_malicious_pickle_at_start_up(model_path: Path, tmp_p
                                 env=ros_env(random_domain_id()), capture_output=True, text=True, timeout=90)
         assert result.returncode == 1 and "cannot start:" in result.stderr + result.stdout, (name, result.stderr)
         assert not marker.exists(), name
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(header=JSON | st.dictionaries(st.text(max_size=12), st.dictionaries(
+    st.sampled_from(["dtype", "shape", "data_offsets"]), JSON), max_size=3), nesting=st.integers(0, 3))
+def test_any_safetensors_header_is_loaded_or_refused_cleanly(tmp_path_factory: pytest.TempPathFactory,
+                                                            header: Any, nesting: int) -> None:
+    """Whatever JSON a file's header holds (a list, wrong types, missing offsets, deep nesting), loading it
+    ends in CheckpointError (or a model), never another exception that would escape the node as a traceback."""
+    text = json.dumps(header)
+    if nesting == 3:
+        text = "[" * 5000 + "]" * 5000  # deeper than the JSON parser's recursion limit
+    blob = text.encode()
+    path = tmp_path_factory.mktemp("hdr") / "m.safetensors"
+    path.write_bytes(len(blob).to_bytes(8, "little") + blob + bytes(nesting * 8))
+    try:
+        load_model(path)
+    except CheckpointError as exc:
+        assert str(path) in str(exc) or "model card" in str(exc)
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(card=JSON | st.fixed_dictionaries({"version": st.integers(0, 2) | JSON, "config": JSON}))
+def test_any_model_card_is_loaded_or_refused_cleanly(model_path: Path, tmp_path_factory: pytest.TempPathFactory,
+                                                    card: Any) -> None:
+    path = tmp_path_factory.mktemp("card") / "m.safetensors"
+    path.write_bytes(model_path.read_bytes())
+    path.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="card"):
+        load_model(path)
 
 
 # --------------------------------------------------------------------------- paths from parameters

@@ -13,6 +13,7 @@ Everything that must survive an interruption lives in ``OUT/train_state``
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -25,10 +26,11 @@ from typing import Iterator, Protocol
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from panoptic_ros.datasets.types import PanopticFrame
-from panoptic_ros.model.checkpoint import (ModelCard, load_training_state, save_model,
-                                           save_training_state)
+from panoptic_ros.model.checkpoint import (CheckpointError, ModelCard, check_safetensors_file, load_training_state,
+                                           save_model, save_training_state)
 from panoptic_ros.model.config import PRESETS, ModelConfig
 from panoptic_ros.model.efficientps import EfficientPS, build_model
 from panoptic_ros.model.targets import frame_to_sample
@@ -45,6 +47,7 @@ class TrainSettings:
     weight_decay: float = 1e-4
     warmup_steps: int = 200
     grad_clip: float = 5.0
+    ema_decay: float = 0.999  # exported weights are this exponential moving average of the trained ones; 0 = off
     seed: int = 0
     train_seed_start: int = 0
     train_sequences: int = 5000
@@ -213,6 +216,7 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
         rng.setstate(_tuple_state(st["rng"]))
         torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))
         print(f"resuming {out} at step {step}/{s.steps}")
+    ema = WeightAverage(model, s.ema_decay, state_dir / "ema.safetensors") if s.ema_decay > 0 else None
     (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
     source = source or SyntheticPairs(cfg, s)
     use_amp = s.amp and device.type == "cuda"
@@ -240,6 +244,8 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
         optimizer.step()
         step += 1
+        if ema is not None:
+            ema.update(model, step)
         rec = {"step": step, "lr": lr_at(step - 1, s), "total": total.item(), "grad_norm": float(grad_norm),
                "time_s": time.time() - t_last, **{k: v.item() for k, v in losses.items()}}
         t_last = time.time()
@@ -250,16 +256,53 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
                             mask=f"{rec['loss_mask']:.3f}", s_per_step=f"{rec['time_s']:.2f}")
         if step % s.checkpoint_every == 0 or step == s.steps:
             _checkpoint(state_dir, model, optimizer, step, history, rng)
+            if ema is not None:
+                ema.save(state_dir / "ema.safetensors")
             plot_losses(history, out / "loss_curves.png")
         if evaluate_fn is not None and s.eval_every and step % s.eval_every == 0 and step < s.steps:
-            _export(model, cfg, s, source, history, out, evaluate_fn, interim=True)
+            _export(ema.model if ema else model, cfg, s, source, history, out, evaluate_fn, interim=True)
     if bar is not None:
         bar.close()
-    return _export(model, cfg, s, source, history, out, evaluate_fn, interim=False)
+    return _export(ema.model if ema else model, cfg, s, source, history, out, evaluate_fn, interim=False)
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights and buffers (what gets exported).
+
+    With batches of two correlated frames the raw weights are noisy; their
+    average generalises better. The decay ramps up from 0 so early averages
+    are not dominated by the random initialisation.
+    """
+
+    def __init__(self, model: EfficientPS, decay: float, saved: Path) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for prm in self.model.parameters():
+            prm.requires_grad_(False)
+        if saved.exists():
+            check_safetensors_file(saved)
+            missing, unexpected = self.model.load_state_dict(load_file(str(saved)), strict=False)
+            if unexpected:
+                raise CheckpointError(f"{saved} holds tensors this architecture lacks, e.g. {unexpected[:3]}")
+
+    @torch.no_grad()
+    def update(self, model: EfficientPS, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for avg, cur in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if avg.is_floating_point():
+                avg.mul_(d).add_(cur.detach(), alpha=1 - d)
+            else:
+                avg.copy_(cur)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(tmp))
+        tmp.replace(path)
 
 
 def _export(model: EfficientPS, cfg: ModelConfig, s: TrainSettings, source: PairSource, history: list[dict],
             out: Path, evaluate_fn, interim: bool) -> Path:
+    was_training = model.training
     model.eval()
     card = ModelCard(name=f"efficientps_{cfg.backbone}_{cfg.input_height}x{cfg.input_width}", config=cfg,
                      training={"command": "panoptic-ros train " + " ".join(_settings_argv(s)),
@@ -271,7 +314,7 @@ def _export(model: EfficientPS, cfg: ModelConfig, s: TrainSettings, source: Pair
     if evaluate_fn is not None:
         card.metrics = evaluate_fn(path, s)
         save_model(model, path, card)
-    model.train()
+    model.train(was_training)
     print(f"{'interim ' if interim else ''}model written to {path}")
     return path
 
@@ -357,7 +400,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                  "frames_per_sequence", "max_frame_gap", "eval_seed_start", "eval_sequences", "eval_frames",
                  "eval_every", "checkpoint_every", "threads", "min_instance_area"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "weight_decay", "grad_clip"):
+    for name in ("lr", "weight_decay", "grad_clip", "ema_decay"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="disable fp16 autocast on CUDA")
