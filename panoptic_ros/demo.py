@@ -79,7 +79,7 @@ def run_demo(out: Path, frames: int, size: tuple[int, int], seed: int, device: s
     replay = replay_bag(out / "input_bag", out / "replay", settings)
     if replay.error:
         raise RuntimeError(f"the node replay failed: {replay.error}")
-    print(f"[demo] 3/3 evaluating against the ground truth")
+    print("[demo] 3/3 evaluating against the ground truth")
     report = evaluate(replay.output_bag, out / "input_bag", EvaluateOptions(skip_missing=True))
     files = write_report(report, out / "report")
     summary = report.summary()

@@ -1,19 +1,13 @@
 """``panoptic-ros bench`` runs every variant end to end and writes its table, JSON and histogram."""
 import json
 
-import torch
 
 from panoptic_ros.cli import main
-from panoptic_ros.model.checkpoint import ModelCard, save_model
-from panoptic_ros.model.config import ModelConfig
-from panoptic_ros.model.efficientps import build_model
-from test_model import TINY
+from helpers_model import save_tiny_model
 
 
 def test_bench_runs_all_variants_on_cpu(tmp_path):
-    torch.manual_seed(0)
-    cfg = ModelConfig(pretrained_backbone=False, **TINY)
-    weights = save_model(build_model(cfg).eval(), tmp_path / "tiny.safetensors", ModelCard(name="tiny", config=cfg))
+    weights = save_tiny_model(tmp_path / "tiny.safetensors")
     rc = main(["bench", "--model", str(weights), "--device", "cpu", "--sizes", "64x128", "--batches", "2",
                "--iterations", "2", "--warmup", "1", "--out", str(tmp_path / "b")])
     assert rc == 0

@@ -3,20 +3,14 @@ import json
 
 import cv2
 import pytest
-import torch
 
 from panoptic_ros.cli import main
-from panoptic_ros.model.checkpoint import ModelCard, save_model
-from panoptic_ros.model.config import ModelConfig
-from panoptic_ros.model.efficientps import build_model
-from test_model import TINY
+from helpers_model import save_tiny_model
 
 
 @pytest.mark.timeout(400)
 def test_demo_runs_the_node_and_writes_report_video_and_summary(tmp_path, capsys):
-    torch.manual_seed(0)
-    cfg = ModelConfig(pretrained_backbone=False, **TINY)
-    weights = save_model(build_model(cfg).eval(), tmp_path / "tiny.safetensors", ModelCard(name="tiny", config=cfg))
+    weights = save_tiny_model(tmp_path / "tiny.safetensors", permissive=True)
     out = tmp_path / "demo"
     rc = main(["demo", "--out", str(out), "--model", str(weights), "--frames", "6", "--size", "64x128",
                "--device", "cpu", "--rate", "0.5"])

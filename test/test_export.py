@@ -6,9 +6,8 @@ from panoptic_ros.model.checkpoint import ModelCard, save_model
 from panoptic_ros.model.config import ModelConfig
 from panoptic_ros.model.efficientps import build_model
 from panoptic_ros.model.export import check_parity, export_onnx, output_names, run
+from helpers_model import TINY
 
-TINY = dict(fpn_channels=32, semantic_channels=16, box_head_dim=64, mask_head_channels=16, mask_head_convs=1,
-            embedding_dim=16, input_height=64, input_width=128, anchor_sizes=(8, 16, 32, 64))
 
 
 def test_onnx_matches_pytorch_for_several_batch_sizes(tmp_path):

@@ -29,13 +29,15 @@ import torch
 
 from panoptic_ros import pipeline as pipeline_module
 from panoptic_ros.classes import CITYSCAPES, ClassTable
-from panoptic_ros.model.checkpoint import ModelCard, save_model
+from panoptic_ros.model.checkpoint import ModelCard
 from panoptic_ros.model.config import ModelConfig
 from panoptic_ros.model.efficientps import build_model
 from panoptic_ros.model.predictor import FusionSettings, Predictor
 from panoptic_ros.params import TrackerParams
 from panoptic_ros.pipeline import (DEVICE_ERROR, FALLBACK, GAVE_UP, OUT_OF_MEMORY, SPLIT, CameraFrame, FrameFailure,
                                    FrameOutput, InferenceError, Pipeline, classify_inference_error)
+from helpers_report import record
+from helpers_model import TINY, save_tiny_model
 
 torch.set_num_threads(1)
 
@@ -43,29 +45,16 @@ FULL = os.environ.get("PANOPTIC_RELIABILITY_SIZE", "ci") == "full"
 REPO = Path(__file__).resolve().parents[1]
 NODE = REPO / ".venv" / "bin" / "panoptic_node"
 CLI = REPO / ".venv" / "bin" / "panoptic-ros"
-TINY = dict(fpn_channels=32, semantic_channels=16, box_head_dim=64, mask_head_channels=16, mask_head_convs=1,
-            embedding_dim=16, input_height=64, input_width=128, anchor_sizes=(8, 16, 32, 64),
-            rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
 PERMISSIVE_TRACKER = TrackerParams(min_hits=1, high_score_threshold=0.1, low_score_threshold=0.05,
                                    new_track_score_threshold=0.1)
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.7 GiB total capacity; 14.9 GiB already allocated)"
 ASSERT = "CUDA error: device-side assert triggered\nCUDA kernel errors might be asynchronously reported"
 
 
-def record(check: str, **figures: Any) -> None:
-    """Append this check's figures to the reliability report (tools/reliability.py sets the path)."""
-    path = os.environ.get("PANOPTIC_RELIABILITY_REPORT")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps({"check": check, "file": Path(__file__).name, **figures}) + "\n")
-
-
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = ModelConfig(pretrained_backbone=False, **TINY)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(build_model(cfg).eval(), path, ModelCard(name="tiny", config=cfg))
+    save_tiny_model(path)
     return path
 
 
@@ -167,7 +156,7 @@ def test_out_of_memory_splits_the_batch_down_to_single_frames_and_loses_nothing(
     want = reference(predictor, frames)
     for out in outputs:
         assert_same(out, want[out.camera])
-    record("faults.out_of_memory_split", frames=4, failed_calls=3, frames_lost=0)
+    record(__file__, "faults.out_of_memory_split", frames=4, failed_calls=3, frames_lost=0)
 
 
 def test_a_device_side_assert_costs_only_the_frame_that_triggers_it(predictor: Predictor) -> None:
@@ -215,7 +204,7 @@ def test_a_device_that_keeps_failing_falls_back_to_the_cpu_when_configured(predi
         # For good: later batches run whole on the CPU, without new faults.
         later = pipe.process(frames_of(["a", "b"], seed=5, stamp_s=1.1))
         assert len(later) == 2 and faulty.calls[-1] == ("cpu", 2) and pipe.take_faults() == []
-        record("faults.fallback_to_cpu", frames=4, frames_lost=0, moves=faulty.moves)
+        record(__file__, "faults.fallback_to_cpu", frames=4, frames_lost=0, moves=faulty.moves)
     else:
         assert [type(o) for o in outputs] == [FrameFailure, FrameFailure]
         assert faults == [(OUT_OF_MEMORY, "cuda:0", 2, SPLIT), (OUT_OF_MEMORY, "cuda:0", 1, GAVE_UP),
@@ -487,7 +476,7 @@ def test_bad_model_files_stop_the_node_at_start_up_with_one_clear_line(model_pat
         assert rc == 1, (name, out[-2000:])
         assert len(fatal) == 1 and phrase in fatal[0] and str(named) in fatal[0], (name, out[-2000:])
         assert "Traceback" not in out, (name, out[-2000:])
-    record("faults.model_files", refused_by_the_node=list(THROUGH_THE_NODE), exit_status=1,
+    record(__file__, "faults.model_files", refused_by_the_node=list(THROUGH_THE_NODE), exit_status=1,
            seconds=round(time.monotonic() - t0, 1))
 
 
@@ -501,7 +490,7 @@ def test_every_bad_model_file_is_refused_by_the_loader_the_node_uses(model_path:
             pipeline_module.load_predictor(ModelParams(path=str(path), device="cpu"))
         assert phrase in str(info.value) and str(named) in str(info.value), (name, str(info.value))
     assert pipeline_module.load_predictor(ModelParams(path=str(model_path), device="cpu")).classes == CITYSCAPES
-    record("faults.model_files_loader", refused=sorted(files))
+    record(__file__, "faults.model_files_loader", refused=sorted(files))
 
 
 # --------------------------------------------------------------------------- a bag cut off mid-way
@@ -553,6 +542,6 @@ def test_replay_of_a_bag_cut_mid_way_keeps_every_readable_frame_and_says_why(mod
         written = [c for c, _, _ in reader.messages() if c.topic.endswith("/panoptic/objects")]
     assert len(written) == readable, (len(written), readable)
     assert f"{readable} of {readable} frame(s)" in result.stdout, result.stdout
-    record("faults.truncated_bag", frames_recorded=n, bytes_kept=f"{len(cut)} of {len(blob)}",
+    record(__file__, "faults.truncated_bag", frames_recorded=n, bytes_kept=f"{len(cut)} of {len(blob)}",
            frames_readable=readable, frames_replayed=len(written), exit_status=result.returncode,
            error_line=errors[0])

@@ -13,7 +13,6 @@ at least 1,000 malformed messages through each of the two node-callback tests.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import struct
@@ -44,6 +43,8 @@ from panoptic_ros.image_codec import (DEFAULT_MAX_PIXELS, ImageDecodeError, comp
                                       parse_compressed_format)
 from panoptic_ros.pipeline import MIN_IMAGE_SIDE_PX  # noqa: E402
 from panoptic_ros.ros import convert, diagnostics  # noqa: E402
+from helpers_report import record
+from helpers_model import save_tiny_model
 
 FULL = os.environ.get("PANOPTIC_RELIABILITY_SIZE", "ci") == "full"
 CODEC_EXAMPLES = 5000 if FULL else 1000  # per message type, decoder level
@@ -52,14 +53,6 @@ MIN_MALFORMED = 4000 if FULL else 1000
 DDS_MESSAGES = 1000 if FULL else 300
 BURST = 8  # messages sent over DDS before waiting for the node to have them all
 SETTINGS = dict(deadline=None, database=None, suppress_health_check=list(HealthCheck))
-
-
-def record(check: str, **figures: Any) -> None:
-    """Append this check's figures to the reliability report (tools/reliability.py sets the path)."""
-    path = os.environ.get("PANOPTIC_RELIABILITY_REPORT")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps({"check": check, "file": Path(__file__).name, **figures}) + "\n")
 
 
 # --------------------------------------------------------------------------- the oracle for raw images
@@ -400,7 +393,7 @@ def test_raw_image_messages_decode_or_are_rejected_with_the_oracles_kind() -> No
 
     check()
     assert tally["messages"] >= CODEC_EXAMPLES
-    record("fuzz.decoders.image", **tally)
+    record(__file__, "fuzz.decoders.image", **tally)
 
 
 def test_compressed_image_messages_decode_or_are_rejected() -> None:
@@ -425,7 +418,7 @@ def test_compressed_image_messages_decode_or_are_rejected() -> None:
 
     check()
     assert tally["messages"] >= CODEC_EXAMPLES
-    record("fuzz.decoders.compressed_image", **tally)
+    record(__file__, "fuzz.decoders.compressed_image", **tally)
 
 
 def test_every_undamaged_compressed_flavour_decodes() -> None:
@@ -463,14 +456,11 @@ def test_camera_info_is_refused_or_usable_for_positions() -> None:
 
     check()
     assert tally["messages"] >= CODEC_EXAMPLES
-    record("fuzz.decoders.camera_info", **tally)
+    record(__file__, "fuzz.decoders.camera_info", **tally)
 
 
 # --------------------------------------------------------------------------- the node's callbacks, in-process
 
-TINY_MODEL = dict(fpn_channels=32, semantic_channels=16, box_head_dim=64, mask_head_channels=16, mask_head_convs=1,
-                  embedding_dim=16, input_height=64, input_width=128, anchor_sizes=(8, 16, 32, 64),
-                  rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
 NODE_PARAMS = {"model.device": "cpu", "model.score_threshold": 0.05, "model.overlap_threshold": 0.0,
                "tracker.min_hits": 1, "tracker.high_score_threshold": 0.1, "tracker.low_score_threshold": 0.05,
                "tracker.new_track_score_threshold": 0.1, "mount.height_m": 1.5, "log_throttle_s": 60.0}
@@ -480,15 +470,10 @@ NODE_PARAMS = {"model.device": "cpu", "model.score_threshold": 0.05, "model.over
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
-    from panoptic_ros.model.checkpoint import ModelCard, save_model
-    from panoptic_ros.model.config import ModelConfig
-    from panoptic_ros.model.efficientps import build_model
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    cfg = ModelConfig(pretrained_backbone=False, **TINY_MODEL)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(build_model(cfg).eval(), path, ModelCard(name="tiny", config=cfg))
+    save_tiny_model(path)
     return path
 
 
@@ -572,7 +557,7 @@ def test_node_callbacks_count_every_malformed_message_by_kind(context, model_pat
         assert tally["malformed"] >= MIN_MALFORMED, tally
         assert got[diagnostics.RECEIVED] == got[diagnostics.PROCESSED] + got[diagnostics.DECODE_ERRORS]
         assert not node.cameras[0].slot.has_frame
-        record(f"fuzz.callbacks.{transport}", messages=tally["messages"], malformed=tally["malformed"],
+        record(__file__, f"fuzz.callbacks.{transport}", messages=tally["messages"], malformed=tally["malformed"],
                processed=got[diagnostics.PROCESSED], seconds=round(time.monotonic() - t0, 1),
                counters={k: got[k] for k in sorted(got)}, defects={k[7:]: v for k, v in sorted(tally.items())
                                                                     if k.startswith("defect.")})
@@ -616,7 +601,7 @@ def test_node_counters_balance_with_the_worker_running_and_inference_toggled(con
             assert c[key] == tally[key], (key, c, tally)
         assert c[diagnostics.CALLBACK_ERRORS] == 0 and c[diagnostics.PROCESSING_ERRORS] == 0
         assert c[diagnostics.PROCESSED] > 0 and c[diagnostics.DROPPED] > 0 and c[diagnostics.SKIPPED_DISABLED] > 0
-        record("fuzz.callbacks.concurrent", messages=tally["messages"], pending=pending,
+        record(__file__, "fuzz.callbacks.concurrent", messages=tally["messages"], pending=pending,
                counters={k: c[k] for k in sorted(c)})
     finally:
         node.destroy_node()
@@ -692,7 +677,7 @@ def test_malformed_flood_over_dds_leaves_the_node_serving(model_path: Path, tmp_
                              == want[diagnostics.RECEIVED], timeout_s=30)
         got = counts(values, *keys)
         assert got == {k: want[k] for k in keys}, (got, dict(want))
-        record("fuzz.dds", malformed_images_sent=want[diagnostics.RECEIVED] - 1,
+        record(__file__, "fuzz.dds", malformed_images_sent=want[diagnostics.RECEIVED] - 1,
                camera_info_sent=want[diagnostics.CAMERA_INFO_RECEIVED],
                received=got[diagnostics.RECEIVED], decode_errors=got[diagnostics.DECODE_ERRORS],
                camera_info_invalid=got[diagnostics.CAMERA_INFO_INVALID], good_frame_served=True)

@@ -1,13 +1,10 @@
 """The model: architecture shapes, a tiny training run whose loss falls, checkpoints, the predictor."""
 import json
-import random
-
 import numpy as np
 import pytest
 import torch
 
 from panoptic_ros.classes import CITYSCAPES, ClassInfo, ClassTable
-from panoptic_ros.datasets.types import PanopticFrame
 from panoptic_ros.model.backbone import EfficientNetLite0, build_backbone, lite0_imagenet_path
 from panoptic_ros.model.checkpoint import CheckpointError, ModelCard, load_model, save_model
 from panoptic_ros.model.config import ModelConfig, demo_config
@@ -15,30 +12,9 @@ from panoptic_ros.model.efficientps import build_model
 from panoptic_ros.model.predictor import Predictor
 from panoptic_ros.model.targets import frame_to_sample
 from panoptic_ros.model.train import TrainSettings, train
+from helpers_model import TINY, street_frame
 
 torch.set_num_threads(2)
-
-TINY = dict(fpn_channels=32, semantic_channels=16, box_head_dim=64, mask_head_channels=16, mask_head_convs=1,
-            embedding_dim=16, input_height=64, input_width=128, anchor_sizes=(8, 16, 32, 64),
-            rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
-
-
-def street_frame(seed: int, h: int = 64, w: int = 128) -> PanopticFrame:
-    """Sky over road with a few cars: a scene a tiny model can fit in a few steps."""
-    rng = random.Random(seed)
-    img = np.zeros((h, w, 3), np.uint8)
-    sem = np.zeros((h, w), np.uint8)
-    inst = np.zeros((h, w), np.int32)
-    img[: h // 3] = (70, 130, 180)
-    sem[: h // 3] = 10
-    img[h // 3:] = (128, 64, 128)
-    for k in range(3):
-        x, y = rng.randrange(0, w - 30), rng.randrange(h // 3, h - 16)
-        img[y:y + 14, x:x + 24] = (0, 0, 142)
-        sem[y:y + 14, x:x + 24] = 13
-        inst[y:y + 14, x:x + 24] = k + 1
-    return PanopticFrame(img, sem, inst)
-
 
 class FixedPairs:
     def sample(self, rng):

@@ -39,6 +39,7 @@ from panoptic_ros.msg import PanopticClassInfo, PanopticObject, PanopticObjectAr
 from panoptic_ros.panoptic import LABEL_DIVISOR, decode_panoptic  # noqa: E402
 from panoptic_ros.ros.inputs import CameraInfoHistory, FrameSlot, PendingFrame  # noqa: E402
 from panoptic_ros.ros.log_throttle import LogThrottle  # noqa: E402
+from helpers_model import save_tiny_model
 
 NODE = REPO / ".venv" / "bin" / "panoptic_node"
 H, W = 120, 160
@@ -214,19 +215,10 @@ class NodeProcess:
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
-    import torch
 
-    from panoptic_ros.model.checkpoint import ModelCard, save_model
-    from panoptic_ros.model.config import ModelConfig
-    from panoptic_ros.model.efficientps import build_model
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(pretrained_backbone=False, fpn_channels=32, semantic_channels=16, box_head_dim=64,
-                      mask_head_channels=16, mask_head_convs=1, embedding_dim=16, input_height=64, input_width=128,
-                      anchor_sizes=(8, 16, 32, 64), rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50,
-                      box_batch_size_per_image=32)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(build_model(cfg).eval(), path, ModelCard(name="tiny", config=cfg))
+    save_tiny_model(path, permissive=True)
     return path
 
 

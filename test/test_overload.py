@@ -13,7 +13,6 @@ frames too, so "not received" (sent - frames_received) is told apart from "dropp
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -34,40 +33,26 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from helpers_ros import random_domain_id  # noqa: E402
 from panoptic_ros.ros import diagnostics  # noqa: E402
+from helpers_report import record
+from helpers_model import save_tiny_model
 
 FULL = os.environ.get("PANOPTIC_RELIABILITY_SIZE", "ci") == "full"
 FLOOD = 600 if FULL else 90  # frames sent in-process
 DDS_FLOOD = 300 if FULL else 45
 H, W = 64, 128
-TINY = dict(fpn_channels=32, semantic_channels=16, box_head_dim=64, mask_head_channels=16, mask_head_convs=1,
-            embedding_dim=16, input_height=64, input_width=128, anchor_sizes=(8, 16, 32, 64),
-            rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
 PARAMS = {"model.device": "cpu", "model.score_threshold": 0.05, "model.overlap_threshold": 0.0,
           "tracker.min_hits": 1, "tracker.high_score_threshold": 0.1, "tracker.low_score_threshold": 0.05,
           "tracker.new_track_score_threshold": 0.1}
-
-
-def record(check: str, **figures: Any) -> None:
-    """Append this check's figures to the reliability report (tools/reliability.py sets the path)."""
-    path = os.environ.get("PANOPTIC_RELIABILITY_REPORT")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps({"check": check, "file": Path(__file__).name, **figures}) + "\n")
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
-    from panoptic_ros.model.checkpoint import ModelCard, save_model
-    from panoptic_ros.model.config import ModelConfig
-    from panoptic_ros.model.efficientps import build_model
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    cfg = ModelConfig(pretrained_backbone=False, **TINY)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(build_model(cfg).eval(), path, ModelCard(name="tiny", config=cfg))
+    save_tiny_model(path)
     return path
 
 
@@ -150,7 +135,7 @@ def test_three_times_the_processing_rate_in_process_counts_every_frame_exactly(m
         assert max(latencies) < 3.5 * period_s + 0.25, (max(latencies), period_s)
         third = max(1, len(latencies) // 3)
         assert np.median(latencies[-third:]) < 2.5 * period_s + 0.1, (latencies, period_s)  # no growth
-        record("overload.in_process", frames_sent=FLOOD, received=d[diagnostics.RECEIVED],
+        record(__file__, "overload.in_process", frames_sent=FLOOD, received=d[diagnostics.RECEIVED],
                processed=d[diagnostics.PROCESSED], dropped=d[diagnostics.DROPPED], lost=0,
                input_rate_hz=round(FLOOD / flood_s, 1), processing_rate_hz=round(1 / period_s, 1),
                period_ms=round(period_s * 1e3, 1), latency_p50_ms=round(float(np.median(latencies)) * 1e3, 1),
@@ -222,7 +207,7 @@ def test_three_times_the_processing_rate_over_dds_tells_transport_loss_from_drop
             assert not_received > 0
         latencies = [m.processing_time_s for m in objects.items[first:]]
         assert max(latencies) < 3.5 * period_s + 0.25, (latencies, period_s)
-        record("overload.dds", frames_sent=DDS_FLOOD, not_received=not_received,
+        record(__file__, "overload.dds", frames_sent=DDS_FLOOD, not_received=not_received,
                received=d[diagnostics.RECEIVED], processed=d[diagnostics.PROCESSED],
                dropped_by_node=d[diagnostics.DROPPED], period_ms=round(period_s * 1e3, 1),
                latency_max_ms=round(max(latencies) * 1e3, 1), newest_processed=last is not None)

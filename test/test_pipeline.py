@@ -15,21 +15,17 @@ import torch
 from panoptic_ros import pipeline as pipeline_module
 from panoptic_ros.camera import CameraIntrinsics, CameraModel, CameraMounting
 from panoptic_ros.classes import CITYSCAPES, VOID
-from panoptic_ros.model.checkpoint import CheckpointError, ModelCard, save_model
-from panoptic_ros.model.config import ModelConfig
-from panoptic_ros.model.efficientps import build_model
+from panoptic_ros.model.checkpoint import CheckpointError
 from panoptic_ros.overlay import object_borders, render_overlay
 from panoptic_ros.panoptic import LABEL_DIVISOR, PanopticResult, decode_panoptic
 from panoptic_ros.params import CameraMountParams, ModelParams, NodeParams, TrackerParams, build
 from panoptic_ros.pipeline import (CameraFrame, Pipeline, default_model_path, ground_positions, load_predictor,
                                    parse_mount_overrides, resolve_model_path)
 from panoptic_ros.tracking.types import TrackState
+from helpers_model import save_tiny_model
 
 torch.set_num_threads(1)
 
-TINY = dict(fpn_channels=32, semantic_channels=16, box_head_dim=64, mask_head_channels=16, mask_head_convs=1,
-            embedding_dim=16, input_height=64, input_width=128, anchor_sizes=(8, 16, 32, 64),
-            rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
 # A random-weight model scores its detections around 0.13: let them all through to the tracker.
 PERMISSIVE_TRACKER = TrackerParams(min_hits=1, high_score_threshold=0.1, low_score_threshold=0.05,
                                    new_track_score_threshold=0.1)
@@ -43,10 +39,8 @@ K = CameraIntrinsics(width=160, height=120, fx=100.0, fy=100.0, cx=79.5, cy=59.5
 
 @pytest.fixture(scope="module")
 def tiny_model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = ModelConfig(pretrained_backbone=False, **TINY)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(build_model(cfg).eval(), path, ModelCard(name="tiny", config=cfg))
+    save_tiny_model(path, permissive=True)
     return path
 
 

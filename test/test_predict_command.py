@@ -1,26 +1,17 @@
 """``panoptic-ros predict`` writes COCO panoptic that the reference evaluator accepts."""
 import json
-import shutil
 
 import cv2
-import numpy as np
 import pytest
-import torch
 
 from panoptic_ros.cli import main
 from panoptic_ros.datasets.coco import CocoPanopticDataset, write_coco_panoptic
-from panoptic_ros.model.checkpoint import ModelCard, save_model
-from panoptic_ros.model.config import ModelConfig
-from panoptic_ros.model.efficientps import build_model
-from test_model import TINY, street_frame
+from helpers_model import save_tiny_model, street_frame
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = ModelConfig(pretrained_backbone=False, **TINY)
-    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    save_model(build_model(cfg).eval(), path, ModelCard(name="tiny", config=cfg))
+    path = save_tiny_model(tmp_path_factory.mktemp("m") / "tiny.safetensors")
     return path
 
 

@@ -22,6 +22,7 @@ from panoptic_ros import cli, replay
 from panoptic_ros.datasets.rosbag_io import RosbagDataset, panoptic_typestore, write_rosbag
 from panoptic_ros.panoptic import decode_panoptic
 from panoptic_ros.synth import SynthConfig, SyntheticSequence
+from helpers_model import save_tiny_model
 
 FRAMES = 4
 PERMISSIVE = ["model.score_threshold:=0.05", "model.overlap_threshold:=0.0", "tracker.min_hits:=1",
@@ -37,17 +38,9 @@ def build_tiny_model(path: Path) -> Path:
     """A tiny random model at the bags' 64x128 (what test_node uses too)."""
     import torch
 
-    from panoptic_ros.model.checkpoint import ModelCard, save_model
-    from panoptic_ros.model.config import ModelConfig
-    from panoptic_ros.model.efficientps import build_model
 
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    cfg = ModelConfig(pretrained_backbone=False, fpn_channels=32, semantic_channels=16, box_head_dim=64,
-                      mask_head_channels=16, mask_head_convs=1, embedding_dim=16, input_height=64, input_width=128,
-                      anchor_sizes=(8, 16, 32, 64), rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50,
-                      box_batch_size_per_image=32)
-    save_model(build_model(cfg).eval(), path, ModelCard(name="tiny", config=cfg))
+    save_tiny_model(path, permissive=True)
     return path
 
 

@@ -25,27 +25,18 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from panoptic_ros.model.checkpoint import CheckpointError, ModelCard, load_model, load_training_state, save_model
+from panoptic_ros.model.checkpoint import CheckpointError, load_model, load_training_state
 from panoptic_ros.model.config import ModelConfig
 from panoptic_ros.model.efficientps import build_model
 from panoptic_ros.model.predictor import Predictor
 from panoptic_ros.params import ModelParams
 from panoptic_ros.pipeline import load_predictor
+from helpers_report import record
+from helpers_model import TINY, save_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "panoptic_ros"
 NODE = REPO / ".venv" / "bin" / "panoptic_node"
-TINY = dict(fpn_channels=32, semantic_channels=16, box_head_dim=64, mask_head_channels=16, mask_head_convs=1,
-            embedding_dim=16, input_height=64, input_width=128, anchor_sizes=(8, 16, 32, 64),
-            rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
-
-
-def record(check: str, **figures: Any) -> None:
-    """Append this check's figures to the reliability report (tools/reliability.py sets the path)."""
-    path = os.environ.get("PANOPTIC_RELIABILITY_REPORT")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps({"check": check, "file": Path(__file__).name, **figures}) + "\n")
 
 
 class MarkerPayload:
@@ -60,10 +51,8 @@ class MarkerPayload:
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = ModelConfig(pretrained_backbone=False, **TINY)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(build_model(cfg).eval(), path, ModelCard(name="tiny", config=cfg))
+    save_tiny_model(path)
     return path
 
 
@@ -131,7 +120,7 @@ def test_malicious_pickles_are_refused_by_every_loader_and_never_run(model_path:
             load_training_state(state_dir, model, optimizer)
         assert not marker.exists(), name
         refused += 1
-    record("security.malicious_pickles", files=len(files), loader_calls_refused=refused, marker_created=False)
+    record(__file__, "security.malicious_pickles", files=len(files), loader_calls_refused=refused, marker_created=False)
 
 
 @pytest.mark.timeout(120)
@@ -237,7 +226,7 @@ def test_model_paths_must_name_regular_safetensors_files(odd_paths: dict[str, tu
     link.symlink_to(model_path)
     link.with_suffix(".json").symlink_to(model_path.with_suffix(".json"))
     assert load_predictor(ModelParams(path=str(link), device="cpu")).classes is not None
-    record("security.model_paths", refused=sorted(odd_paths))
+    record(__file__, "security.model_paths", refused=sorted(odd_paths))
 
 
 @pytest.mark.timeout(120)
@@ -318,7 +307,7 @@ def test_nothing_runs_code_or_programs_outside_the_allow_list() -> None:
     for line in hits.get(("model/backbone.py", "torch.load"), []):
         if "torch.load(" in line and not line.split(": ", 1)[1].startswith(("``", "#")):
             assert "weights_only=True" in line, line
-    record("security.code_search", modules=len(list(PACKAGE.rglob("*.py"))), constructs=sorted(DANGEROUS),
+    record(__file__, "security.code_search", modules=len(list(PACKAGE.rglob("*.py"))), constructs=sorted(DANGEROUS),
            allowed={f"{m} {c}": len(hits.get((m, c), [])) for m, c in ALLOWED})
 
 

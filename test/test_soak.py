@@ -14,11 +14,9 @@ Sizes: CI 1,200 frames (about a minute here); ``PANOPTIC_RELIABILITY_SIZE=full``
 from __future__ import annotations
 
 import gc
-import json
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,13 +24,12 @@ import psutil
 import pytest
 import torch
 
-from panoptic_ros.model.checkpoint import ModelCard, save_model
-from panoptic_ros.model.config import ModelConfig
-from panoptic_ros.model.efficientps import build_model
 from panoptic_ros.params import NodeParams, build
 from panoptic_ros.classes import CITYSCAPES
 from panoptic_ros.panoptic import PanopticResult
 from panoptic_ros.pipeline import CameraFrame, Pipeline, load_predictor
+from helpers_report import record
+from helpers_model import save_tiny_model
 
 torch.set_num_threads(1)
 
@@ -44,17 +41,6 @@ H, W = 64, 128
 SAMPLES = 20  # RSS samples after warm-up
 MAX_GROWTH = 0.05
 CAR, PERSON = CITYSCAPES.by_name("car").train_id, CITYSCAPES.by_name("person").train_id
-TINY = dict(fpn_channels=32, semantic_channels=16, box_head_dim=64, mask_head_channels=16, mask_head_convs=1,
-            embedding_dim=16, input_height=64, input_width=128, anchor_sizes=(8, 16, 32, 64),
-            rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32)
-
-
-def record(check: str, **figures: Any) -> None:
-    """Append this check's figures to the reliability report (tools/reliability.py sets the path)."""
-    path = os.environ.get("PANOPTIC_RELIABILITY_REPORT")
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps({"check": check, "file": Path(__file__).name, **figures}) + "\n")
 
 
 @dataclass
@@ -158,10 +144,8 @@ def rss_mb() -> float:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    torch.manual_seed(0)
-    cfg = ModelConfig(pretrained_backbone=False, **TINY)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(build_model(cfg).eval(), path, ModelCard(name="tiny", config=cfg))
+    save_tiny_model(path)
     params = build(NodeParams, {"model.path": str(path), "model.device": "cpu", "model.max_detections": 12,
                                 "model.rpn_post_nms_top_n": 30, "max_batch": CAMERAS,
                                 "tracker.max_tracks": MAX_TRACKS})
@@ -205,7 +189,7 @@ def test_soak_memory_stays_flat_and_the_track_table_bounded(pipeline: Pipeline) 
     growth = (last - first) / first
     peak = max(mb for _, mb in samples)
     objects = sum(s.next_id - 1 for s in streets)
-    record("soak", frames=batches * CAMERAS, cameras=CAMERAS, seconds=round(seconds, 1),
+    record(__file__, "soak", frames=batches * CAMERAS, cameras=CAMERAS, seconds=round(seconds, 1),
            frames_per_s=round(batches * CAMERAS / seconds, 1), warm_up_frames=warm_up * CAMERAS,
            rss_after_warm_up_mb=round(first, 1), rss_end_mb=round(last, 1), rss_peak_mb=round(peak, 1),
            rss_growth_mb=round(last - first, 1), rss_growth_pct=round(100 * growth, 2),

@@ -163,7 +163,7 @@ def check_safetensors_file(path: Path) -> None:
     try:
         meta = json.loads(header)
         ends = [int(v["data_offsets"][1]) for k, v in meta.items() if k != "__metadata__"]
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as exc:
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, OverflowError) as exc:
         raise CheckpointError(f"{path} has a corrupt safetensors header: {exc!r}") from None
     if ends and max(ends) != size - 8 - n:
         raise CheckpointError(f"{path} is truncated or padded: tensors end at byte {max(ends)} of "
