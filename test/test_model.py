@@ -195,3 +195,12 @@ def test_resume_after_the_architecture_gained_a_module(tmp_path):
     from safetensors.torch import load_file
     state = load_file(str(tmp_path / "run" / "train_state" / "optimizer.safetensors"))
     assert any(k.startswith("refinement.") for k in state)  # the new module now has optimiser state too
+
+
+def test_training_can_continue_from_a_model_file(tmp_path, tiny_model_file):
+    path, model = tiny_model_file
+    s = TrainSettings(out=str(tmp_path / "cont"), init=str(path), steps=1, warmup_steps=1, checkpoint_every=1)
+    out = train(s, source=FixedPairs(), progress=False)
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["config"]["fpn_channels"] == TINY["fpn_channels"]  # the init model's architecture, not the preset's
+    assert card["training"]["settings"]["init"] == str(path)

@@ -62,6 +62,7 @@ class TrainSettings:
     amp: bool = True  # autocast on CUDA
     threads: int = 0  # torch CPU threads; 0 = torch's default
     min_instance_area: int = 16
+    init: str = ""  # start from these weights (a model .safetensors with its card), e.g. to continue a shipped model
     overrides: dict = field(default_factory=dict)  # ModelConfig overrides
 
 
@@ -199,7 +200,16 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
         overrides["classes"] = source.classes  # train for the dataset's own class table
     cfg = PRESETS[s.preset](**overrides)
     torch.manual_seed(s.seed)
-    model = build_model(cfg).to(device)
+    if s.init:
+        from panoptic_ros.model.checkpoint import load_model
+
+        model, init_card = load_model(s.init)
+        if init_card.config.classes != cfg.classes:
+            raise CheckpointError(f"--init {s.init} was trained for other classes than this run's data")
+        cfg = init_card.config
+        model = model.float().to(device)
+    else:
+        model = build_model(cfg).to(device)
     model.train()
     decay, no_decay = [], []
     for name, prm in model.named_parameters():
@@ -404,6 +414,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="disable fp16 autocast on CUDA")
+    p.add_argument("--init", default="", help="initialise from a model .safetensors (continue training a model)")
     p.add_argument("--input-size", default=None, help="HxW network input, overriding the preset (multiples of 32)")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out PQ evaluation at the end")
     p.set_defaults(func=run)
