@@ -55,7 +55,7 @@ _KERNEL = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 class DegradeConfig:
     """How ground truth becomes detections (see the module docstring for each fault)."""
 
-    miss_rate: float = 0.10  # probability a detectable thing is missed in a frame
+    miss_rate: float = 0.05  # probability a detectable thing is missed in a frame (docs/PERFORMANCE.md sweeps 0-0.1)
     min_visible_fraction: float = 0.15  # things showing less of themselves are never detected
     boundary_jitter_px: float = 1.0  # largest erosion/dilation, px at 256 image rows
     fragment_rate: float = 0.03  # probability a detection is split into two
