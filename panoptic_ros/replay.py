@@ -46,7 +46,7 @@ import sqlite3
 import struct
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -597,6 +597,18 @@ def latency_summary(values_ms: Sequence[float]) -> dict[str, float | int] | None
             "p90": float(np.percentile(v, 90)), "p99": float(np.percentile(v, 99)), "max": float(v.max())}
 
 
+def close_outputs(result: "ReplayResult", wall_s: float, outbag: "OutputBag", videos: Iterable["OverlayVideo"]) -> None:
+    """Close the output bag and videos of a replay (offline or live) and record them in ``result``."""
+    result.wall_s = wall_s
+    result.output_bag = outbag.close()
+    for video in videos:
+        path = video.close()
+        if path is not None:
+            result.videos.append(path)
+        if video.error:
+            result.warnings.append(video.error)
+
+
 def video_path(out_dir: Path, streams: Sequence[CameraStream], stream: CameraStream) -> Path:
     if len(streams) == 1:
         return out_dir / VIDEO_NAME
@@ -941,14 +953,7 @@ class OfflineReplay:
                            "num_objects": len(out.objects)})
 
     def _close(self, wall_s: float) -> None:
-        self.result.wall_s = wall_s
-        self.result.output_bag = self.outbag.close()
-        for video in self.videos.values():
-            path = video.close()
-            if path is not None:
-                self.result.videos.append(path)
-            if video.error:
-                self.result.warnings.append(video.error)
+        close_outputs(self.result, wall_s, self.outbag, self.videos.values())
         if self._faults:
             counts = ", ".join(f"{k} {v}" for k, v in sorted(self.pipeline.fault_counts.items()))
             self.result.warnings.append(f"bag {self.bag}: {len(self._faults)} inference fault(s) ({counts}); first: "

@@ -48,6 +48,7 @@ from panoptic_ros.image_codec import ImageDecodeError, image_to_rgb
 from panoptic_ros.msg import PanopticClassInfo, PanopticObjectArray
 from panoptic_ros.replay import (
     CAMERA_INFO_TYPE,
+    close_outputs,
     CLASS_INFO_TYPE,
     IMAGE_TYPE,
     MODE_KEY,
@@ -436,14 +437,7 @@ class LiveReplay:
                 self.videos[prefix].add(rgb, stamp / 1e9)
 
     def _close(self, wall_s: float) -> None:
-        self.result.wall_s = wall_s
-        self.result.output_bag = self.outbag.close()
-        for video in self.videos.values():
-            path = video.close()
-            if path is not None:
-                self.result.videos.append(path)
-            if video.error:
-                self.result.warnings.append(video.error)
+        close_outputs(self.result, wall_s, self.outbag, self.videos.values())
         dropped = self.result.frames_dropped
         if dropped:
             self.result.warnings.append(
