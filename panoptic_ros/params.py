@@ -113,8 +113,10 @@ class TrackerParams:
     reid_min_similarity: float = param(0.5, "Re-identification needs at least this appearance cosine "
                                             "similarity when both sides have embeddings", minimum=-1.0,
                                        maximum=1.0, dynamic=True)
-    compatible_classes: list[str] = param(["person:rider"], "Pairs of class names (or ids) that may match each "
-                                                            "other although they differ, as 'a:b'")
+    compatible_classes: list[str] = param(["person:rider", "car:truck", "car:bus", "truck:bus", "bicycle:motorcycle"],
+                                          "Pairs of class names (or ids) that may match each other although they "
+                                          "differ, as 'a:b' (a segmenter's class flickers between look-alikes; the "
+                                          "track's class is the majority of its detections)")
     embedding_momentum: float = param(0.9, "Weight of the stored appearance in its moving average (the new "
                                            "detection gets 1 - this)", minimum=0.0, maximum=1.0, dynamic=True)
     mask_stride: int = param(4, "Masks are compared on every mask_stride-th pixel (speed over precision)",

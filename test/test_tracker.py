@@ -549,6 +549,19 @@ def test_compatible_classes_may_match_and_others_may_not() -> None:
     assert run_flip(rider, []) == [[], [1], [1], [1], [], [2], [2], [2]]
 
 
+def test_default_lets_vehicle_look_alikes_keep_their_id() -> None:
+    """A segmenter's class flickers between car and truck: by default the id stays and the track's class
+    is the majority of its detections; a person never takes over a car's track."""
+    truck = CITYSCAPES.by_name("truck").train_id
+    scenes = [[Thing("o", truck if f in (4, 6) else CAR, (50 + 2 * f, 20, 75 + 2 * f, 40))] for f in range(8)]
+    out = run(Tracker(), scenes, (100, 200))
+    assert [[o.track_id for o in fr.objects] for fr, _ in out] == [[], [1], [1], [1], [1], [1], [1], [1]]
+    assert all(o.class_id == CAR for fr, _ in out for o in fr.objects)
+    scenes = [[Thing("o", PERSON if f >= 4 else CAR, (50, 20, 75, 40))] for f in range(8)]
+    ids = [[o.track_id for o in fr.objects] for fr, _ in run(Tracker(), scenes, (100, 200))]
+    assert ids[3] == [1] and 1 not in ids[5], ids
+
+
 def test_weak_detections_only_extend_existing_tracks() -> None:
     """ByteTrack's second stage: a tracked car keeps its id through frames where its score drops to
     0.3; a person seen only at 0.3 never starts a track."""
