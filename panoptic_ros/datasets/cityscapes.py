@@ -67,7 +67,7 @@ from panoptic_ros.datasets.coco import (
     safe_name,
     write_png,
 )
-from panoptic_ros.datasets.types import DatasetError, PanopticFrame
+from panoptic_ros.datasets.types import DatasetError, FrameWriter, PanopticFrame
 
 FORMAT_NAME = "cityscapes"
 
@@ -152,7 +152,7 @@ def camera_from_json(doc: dict, width: int, height: int, where: str) -> CameraMo
                            "extrinsic z/pitch") from None
 
 
-class CityscapesPanopticWriter:
+class CityscapesPanopticWriter(FrameWriter):
     """Writes PanopticFrames in the Cityscapes layout; the panoptic json is written on close."""
 
     def __init__(self, root: str | Path, split: str = "train", classes: ClassTable = CITYSCAPES) -> None:
@@ -218,21 +218,11 @@ class CityscapesPanopticWriter:
             json.dump(doc, f, sort_keys=True, indent=4)
         return self.json_path
 
-    def __enter__(self) -> "CityscapesPanopticWriter":
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-
 
 def write_cityscapes_panoptic(root: str | Path, frames: Iterable[PanopticFrame], split: str = "train",
                               classes: ClassTable = CITYSCAPES) -> Path:
     """Write ``frames`` in the Cityscapes layout under ``root``; returns the panoptic json path."""
-    with CityscapesPanopticWriter(root, split, classes) as writer:
-        for frame in frames:
-            writer.add(frame)
-    return writer.json_path
+    return CityscapesPanopticWriter(root, split, classes).write_all(frames)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from panoptic_ros.classes import CITYSCAPES, VOID, ClassInfo, ClassTable
-from panoptic_ros.datasets.types import DatasetError, ObjectAnnotation, PanopticFrame
+from panoptic_ros.datasets.types import DatasetError, FrameWriter, ObjectAnnotation, PanopticFrame
 from panoptic_ros.panoptic import MAX_TRACK_ID
 
 STUFF_SEGMENT_BASE = 1 << 23
@@ -301,7 +301,7 @@ def decode_segments(ids_hw: np.ndarray, segments_info: list[dict], train_id_of_c
 # ---------------------------------------------------------------------------
 # Writer.
 
-class CocoPanopticWriter:
+class CocoPanopticWriter(FrameWriter):
     """Writes PanopticFrames as a COCO panoptic split; frames stream to disk, the json is written on close."""
 
     def __init__(self, root: str | Path, split: str = "train", classes: ClassTable = CITYSCAPES) -> None:
@@ -365,21 +365,11 @@ class CocoPanopticWriter:
             json.dump(doc, f)
         return self.json_path
 
-    def __enter__(self) -> "CocoPanopticWriter":
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-
 
 def write_coco_panoptic(root: str | Path, frames: Iterable[PanopticFrame], split: str = "train",
                         classes: ClassTable = CITYSCAPES) -> Path:
     """Write ``frames`` as a COCO panoptic split under ``root``; returns the json path."""
-    with CocoPanopticWriter(root, split, classes) as writer:
-        for frame in frames:
-            writer.add(frame)
-    return writer.json_path
+    return CocoPanopticWriter(root, split, classes).write_all(frames)
 
 
 # ---------------------------------------------------------------------------

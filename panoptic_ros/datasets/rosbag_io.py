@@ -69,7 +69,7 @@ from rosbags.typesys.store import Typestore
 from panoptic_ros.camera import CameraIntrinsics, CameraModel, CameraMounting
 from panoptic_ros.classes import CITYSCAPES, VOID, ClassInfo, ClassTable
 from panoptic_ros.datasets.coco import box_xywh_to_xyxy, check_frame, crowd_track_ids, stats_by_index, unique_inverse
-from panoptic_ros.datasets.types import DatasetError, ObjectAnnotation, PanopticFrame
+from panoptic_ros.datasets.types import DatasetError, FrameWriter, ObjectAnnotation, PanopticFrame
 from panoptic_ros.image_codec import (
     ImageDecodeError,
     compressed_to_numpy,
@@ -325,7 +325,7 @@ def _stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
-class RosbagWriter:
+class RosbagWriter(FrameWriter):
     """Writes one sequence of PanopticFrames from one camera as a rosbag2 directory.
 
     ``compressed`` = ``"jpeg"`` or ``"png"`` writes ``image/compressed``
@@ -478,23 +478,11 @@ class RosbagWriter:
     def abort(self) -> None:
         self._writer.abort()
 
-    def __enter__(self) -> "RosbagWriter":
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 def write_rosbag(path: str | Path, frames: Iterable[PanopticFrame], camera: str = "camera", storage: str = "mcap",
                  compressed: str | None = None, classes: ClassTable = CITYSCAPES) -> Path:
     """Write one sequence of ``frames`` as a rosbag2 directory at ``path``; returns the path."""
-    with RosbagWriter(path, camera, storage, compressed, classes) as writer:
-        for frame in frames:
-            writer.add(frame)
-    return writer.path
+    return RosbagWriter(path, camera, storage, compressed, classes).write_all(frames)
 
 
 # ---------------------------------------------------------------------------

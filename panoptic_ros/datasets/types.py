@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -59,3 +61,37 @@ class DatasetError(ValueError):
     Raised at the dataset boundary (readers and writers) with a message that
     names the offending file or value and says how to fix it.
     """
+
+
+class FrameWriter:
+    """Base of the dataset writers: ``add`` frames one by one (they stream to disk), ``close`` writes the
+    index and returns the file that names the set. As a context manager it closes on success and
+    ``abort``s on an exception."""
+
+    def add(self, frame: PanopticFrame) -> None:
+        raise NotImplementedError
+
+    def close(self) -> Path:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Give up after an error (default: nothing to undo; partial files stay for inspection)."""
+
+    def write_all(self, frames: Iterable[PanopticFrame]) -> Path:
+        """Add every frame and close; returns what ``close`` returns."""
+        try:
+            for frame in frames:
+                self.add(frame)
+        except BaseException:
+            self.abort()
+            raise
+        return self.close()
+
+    def __enter__(self) -> "FrameWriter":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

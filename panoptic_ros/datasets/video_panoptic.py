@@ -47,7 +47,7 @@ from panoptic_ros.datasets.coco import (
     segment_stats,
     write_png,
 )
-from panoptic_ros.datasets.types import DatasetError, ObjectAnnotation, PanopticFrame
+from panoptic_ros.datasets.types import DatasetError, FrameWriter, ObjectAnnotation, PanopticFrame
 
 FORMAT_NAME = "video"
 SEQUENCES_JSON = "sequences.json"
@@ -132,7 +132,7 @@ def _fps_from_stamps(stamps_ns: list[int]) -> float | None:
     return float(1e9 / np.median(steps))
 
 
-class VideoPanopticWriter:
+class VideoPanopticWriter(FrameWriter):
     """Writes PanopticFrames in the video layout; frames stream to disk, sequences.json is written on close."""
 
     def __init__(self, root: str | Path, split: str = "train", classes: ClassTable = CITYSCAPES,
@@ -195,21 +195,11 @@ class VideoPanopticWriter:
             json.dump(doc, f, indent=1)
         return self.json_path
 
-    def __enter__(self) -> "VideoPanopticWriter":
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-
 
 def write_video_panoptic(root: str | Path, frames: Iterable[PanopticFrame], split: str = "train",
                          classes: ClassTable = CITYSCAPES, fps: float | None = None) -> Path:
     """Write ``frames`` in the video layout under ``root``; returns the sequences.json path."""
-    with VideoPanopticWriter(root, split, classes, fps) as writer:
-        for frame in frames:
-            writer.add(frame)
-    return writer.json_path
+    return VideoPanopticWriter(root, split, classes, fps).write_all(frames)
 
 
 @dataclass(frozen=True)

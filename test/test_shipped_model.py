@@ -1,0 +1,65 @@
+"""The demo model in ``models/``: what its card promises, and that it still segments held-out streets.
+
+These tests load the real shipped weights (fp16 safetensors) and run them on the CPU on synthetic
+frames from seeds training never drew, so a change to the model code, the fusion or the predictor
+that breaks the shipped model fails here, not in a user's demo.
+"""
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from panoptic_ros.classes import CITYSCAPES
+from panoptic_ros.metrics.pq import PQAccumulator
+from panoptic_ros.model.checkpoint import file_sha256, read_card
+from panoptic_ros.model.evaluation import synthetic_frames
+from panoptic_ros.model.predictor import Predictor
+from panoptic_ros.pipeline import default_model_path
+
+MODEL = default_model_path()
+TRAIN_SEEDS = range(0, 5000)
+
+
+def test_shipped_model_file_and_card() -> None:
+    assert MODEL.is_file(), f"the demo model {MODEL} is missing"
+    assert MODEL.stat().st_size <= 16 * 2**20
+    raw = MODEL.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    assert dtypes <= {"F16", "I64"}, dtypes  # fp16 storage
+    card = read_card(MODEL)
+    assert card.weights_sha256 == file_sha256(MODEL)
+    assert card.config.classes == CITYSCAPES
+    assert (card.config.input_height, card.config.input_width) == (256, 512)
+    assert card.config.backbone == "efficientnet_lite0"
+    training = card.training
+    assert "panoptic-ros train" in training["command"] and training["steps_done"] > 0
+    settings = training["settings"]
+    held_out = card.metrics["held_out"]["seeds"]
+    assert held_out[0] >= settings["train_seed_start"] + settings["train_sequences"]  # never trained on
+    assert 0.0 < card.metrics["pq"] <= 1.0 and len(card.metrics["per_class"]) == len(CITYSCAPES)
+
+
+@pytest.mark.timeout(300)
+def test_shipped_model_segments_held_out_streets() -> None:
+    predictor = Predictor.from_file(MODEL, device="cpu")
+    acc = PQAccumulator(predictor.classes)
+    seed = 100500
+    assert seed not in TRAIN_SEEDS
+    cars = 0
+    for frame in synthetic_frames(seed, sequences=3, frames=2, height=256, width=512, stride=7):
+        (result,) = predictor.predict([frame.image])
+        acc.add(frame.semantic, frame.instance, result.class_map, result.instance_map)
+        cars += int(np.sum(result.classes == CITYSCAPES.by_name("car").train_id))
+        assert result.embeddings.shape[0] == result.num_instances
+    pq = acc.result()
+    # Regression floors well below what the card reports (PERFORMANCE.md has the full table): a broken
+    # model, fusion or pre-processing scores near zero here.
+    assert pq.all.pq > 0.30, pq.all
+    assert pq.stuff.pq > 0.40, pq.stuff
+    assert pq.per_class[CITYSCAPES.by_name("road").train_id].pq > 0.8
+    assert cars >= 3
