@@ -660,6 +660,11 @@ class ReplayResult:
     def ok(self) -> bool:
         return self.error is None
 
+    def failed(self, exc: BagError, wall_s: float) -> "ReplayResult":
+        """Record that a bad bag stopped the replay after ``wall_s`` seconds; returns self."""
+        self.error, self.error_kind, self.wall_s = str(exc), exc.kind, wall_s
+        return self
+
     @property
     def frames_per_s(self) -> float:
         """Outputs per second of active replay (live: bounded by the playback rate)."""
@@ -783,12 +788,12 @@ class OfflineReplay:
         try:
             source = BagSource(self.bag)
         except BagError as exc:
-            return self._failed(exc, t0)
+            return self.result.failed(exc, time.perf_counter() - t0)
         try:
             try:
                 self.streams = find_cameras(source.topics, self.bag, self.settings.topics)
             except BagError as exc:
-                return self._failed(exc, t0)
+                return self.result.failed(exc, time.perf_counter() - t0)
             self._open_outputs(source)
             interrupted = False
             t_active = time.perf_counter()
@@ -809,11 +814,6 @@ class OfflineReplay:
                 raise KeyboardInterrupt
         finally:
             source.close()
-        return self.result
-
-    def _failed(self, exc: BagError, t0: float) -> ReplayResult:
-        self.result.error, self.result.error_kind = str(exc), exc.kind
-        self.result.wall_s = time.perf_counter() - t0
         return self.result
 
     def _open_outputs(self, source: BagSource) -> None:

@@ -266,14 +266,14 @@ class LiveReplay:
         try:
             source = BagSource(self.bag)
         except BagError as exc:
-            return self._failed(exc, t0)
+            return self.result.failed(exc, time.perf_counter() - t0)
         node: NodeProcess | None = None
         graph: _Graph | None = None
         try:
             try:
                 self.streams = find_cameras(source.topics, self.bag, self.settings.topics)
             except BagError as exc:
-                return self._failed(exc, t0)
+                return self.result.failed(exc, time.perf_counter() - t0)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.counts = {s.name: CameraCounts(s.name) for s in self.streams}
             self.result.cameras = list(self.counts.values())
@@ -305,11 +305,6 @@ class LiveReplay:
             if node is not None:
                 node.stop()
             source.close()
-        return self.result
-
-    def _failed(self, exc: BagError, t0: float) -> ReplayResult:
-        self.result.error, self.result.error_kind = str(exc), exc.kind
-        self.result.wall_s = time.perf_counter() - t0
         return self.result
 
     # ------------------------------------------------------------------ setup
