@@ -10,15 +10,25 @@ R50-FPN + semantic FPN head, fp32 eager), all measured in the same run, since
 absolute times drift between machines and days.
 
 Variants:
-- ``ours``: the deployment setting (fp16 autocast on CUDA, fp32 on CPU; channels-last on CUDA);
+- ``ours``: the deployment setting, the node's defaults (fp16 autocast, channels-last and the dense part
+  as replayed CUDA graphs on CUDA; fp32 eager on CPU);
+- ``ours-eager``: as ``ours`` without CUDA graphs (what the graphs buy);
+- ``ours-compile``: as ``ours`` with the dense part through ``torch.compile`` instead of CUDA graphs;
 - ``ours-fp32``: the same model, fp32, eager, default memory format;
 - ``baseline``: see panoptic_ros/model/baseline.py (random weights: timing only).
+
+Accuracy (``--accuracy-frames``): every variant of ours also segments the same
+held-out synthetic frames (seeds the demo model never trained on) at the
+model's own input size, and the table gives its PQ and its difference to
+``ours-fp32``; an optimisation that costs more than ``--max-pq-drop`` (half a
+PQ point) fails the run (exit 1).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import sys
 import resource
 import time
 from dataclasses import asdict, dataclass
@@ -61,10 +71,59 @@ def make_predictor(variant: str, model_path: str, device: str, size: tuple[int, 
         return BaselinePredictor(device=device, input_size=size)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    fast = variant == "ours"
-    return Predictor.from_file(resolve_model_path(model_path), device=str(dev),
-                               precision="auto" if fast else "fp32", input_size=size,
-                               channels_last=fast and dev.type == "cuda")
+    if variant not in OUR_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join((*OUR_VARIANTS, 'baseline'))}")
+    precision, dense_mode, channels_last = OUR_VARIANTS[variant]
+    return Predictor.from_file(resolve_model_path(model_path), device=str(dev), precision=precision,
+                               input_size=size, channels_last=channels_last, dense_mode=dense_mode)
+
+
+# variant -> (precision, dense_mode, channels_last (None = on CUDA))
+OUR_VARIANTS = {"ours": ("auto", "auto", None), "ours-eager": ("auto", "eager", None),
+                "ours-compile": ("auto", "compile", None), "ours-fp32": ("fp32", "eager", False)}
+
+
+@dataclass
+class AccuracyRow:
+    variant: str
+    pq: float
+    pq_things: float
+    pq_stuff: float
+    delta_pq: float | None  # against ours-fp32, measured in the same run
+    frames: int
+
+
+def accuracy(variants: list[str], model_path: str, device: str, frames: int, seed: int = 100_700) -> list[AccuracyRow]:
+    """PQ of each of our variants on the same held-out synthetic frames at the model's own input size."""
+    from panoptic_ros.metrics.pq import PQAccumulator
+    from panoptic_ros.model.evaluation import synthetic_frames as heldout_frames
+
+    ours = [v for v in variants if v in OUR_VARIANTS]
+    if "ours-fp32" not in ours:
+        ours.append("ours-fp32")
+    per_sequence = 4
+    sequences = max(1, -(-frames // per_sequence))
+    results = {}
+    for v in ours:
+        predictor = make_predictor(v, model_path, device, None)
+        h, w = predictor.input_size
+        acc = PQAccumulator(predictor.classes)
+        for f in heldout_frames(seed, sequences, per_sequence, h, w, stride=5):
+            (r,) = predictor.predict([f.image])
+            acc.add(f.semantic, f.instance, r.class_map, r.instance_map)
+        results[v] = acc.result()
+    ref = results["ours-fp32"].all.pq
+    return [AccuracyRow(v, q.all.pq, q.things.pq, q.stuff.pq, None if v == "ours-fp32" else q.all.pq - ref,
+                        sequences * per_sequence) for v, q in results.items()]
+
+
+def accuracy_markdown(rows: list[AccuracyRow], max_drop: float) -> str:
+    lines = ["| variant | PQ | PQ things | PQ stuff | vs ours-fp32 | within budget |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        delta = "-" if r.delta_pq is None else f"{r.delta_pq:+.4f}"
+        ok = "-" if r.delta_pq is None else ("yes" if r.delta_pq >= -max_drop else f"**no** (> {max_drop})")
+        lines.append(f"| {r.variant} | {r.pq:.4f} | {r.pq_things:.4f} | {r.pq_stuff:.4f} | {delta} | {ok} |")
+    return "\n".join(lines) + "\n"
 
 
 def _sync(device: str) -> None:
@@ -147,7 +206,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sizes", default=None, help="comma-separated HxW (default: 1024x2048,512x1024 on CUDA, "
                                                   "256x512 on CPU)")
     p.add_argument("--batches", default="1,6", help="comma-separated batch sizes (6 = a six-camera rig)")
-    p.add_argument("--variants", default="ours,ours-fp32,baseline")
+    p.add_argument("--variants", default=None, help="comma-separated, from ours, ours-eager, ours-compile, ours-fp32, "
+                                                     "baseline (default: all on CUDA; ours,ours-fp32,baseline on CPU, "
+                                                     "where graphs do not apply)")
+    p.add_argument("--accuracy-frames", type=int, default=12,
+                   help="held-out frames each variant of ours is scored on (0 = skip the accuracy check)")
+    p.add_argument("--max-pq-drop", type=float, default=0.005,
+                   help="largest PQ an optimised variant may lose against ours-fp32 before the run fails")
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
@@ -162,7 +227,13 @@ def run(args: argparse.Namespace) -> int:
     sizes = args.sizes or ("1024x2048,512x1024" if cuda else "256x512")
     sizes_hw = [tuple(int(v) for v in s.lower().split("x")) for s in sizes.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
-    variants = [v.strip() for v in args.variants.split(",")]
+    variants = [v.strip() for v in (args.variants or ("ours,ours-eager,ours-compile,ours-fp32,baseline" if cuda
+                                                        else "ours,ours-fp32,baseline")).split(",")]
+    for v in variants:
+        if v not in OUR_VARIANTS and v != "baseline":
+            print(f"panoptic-ros bench: unknown variant {v!r}; known: {', '.join((*OUR_VARIANTS, 'baseline'))}",
+                  file=sys.stderr)
+            return 2
     rows, all_times = [], {}
     for h, w in sizes_hw:
         frames = synthetic_frames(h, w, 12)
@@ -181,9 +252,19 @@ def run(args: argparse.Namespace) -> int:
     meta = {"date": time.strftime("%Y-%m-%d"), "device": device_name, "torch": torch.__version__,
             "command": "panoptic-ros bench " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                                                         if k not in ("func", "command") and v not in (None, ""))}
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    acc_rows = accuracy(variants, args.model, args.device, args.accuracy_frames) if args.accuracy_frames > 0 else []
+    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows],
+                                                "accuracy": [asdict(r) for r in acc_rows],
+                                                "max_pq_drop": args.max_pq_drop}, indent=2))
     table = markdown(rows)
+    if acc_rows:
+        table += (f"\nAccuracy on {acc_rows[0].frames} held-out synthetic frames at the model's input size:\n\n"
+                  + accuracy_markdown(acc_rows, args.max_pq_drop))
     (out / "bench.md").write_text(f"Device: {meta['device']}; date {meta['date']}; torch {meta['torch']}\n\n{table}")
     plot_latency(all_times, out / "latency.png")
     print(table)
+    over = [r.variant for r in acc_rows if r.delta_pq is not None and r.delta_pq < -args.max_pq_drop]
+    if over:
+        print(f"panoptic-ros bench: {', '.join(over)} lose more than {args.max_pq_drop} PQ against ours-fp32")
+        return 1
     return 0

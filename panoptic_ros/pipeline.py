@@ -232,7 +232,8 @@ def load_predictor(model: ModelParams) -> PanopticPredictor:
         resolve_model_path(model.path), device=model.device, precision=model.precision,
         fusion=FusionSettings(score_threshold=model.score_threshold, overlap_threshold=model.overlap_threshold,
                               min_stuff_area=model.min_stuff_area),
-        max_detections=model.max_detections, rpn_post_nms_top_n=model.rpn_post_nms_top_n, input_size=input_size)
+        max_detections=model.max_detections, rpn_post_nms_top_n=model.rpn_post_nms_top_n, input_size=input_size,
+        dense_mode=model.dense_mode)
 
 
 # --------------------------------------------------------------------------- the pipeline

@@ -87,7 +87,12 @@ class EfficientPS(nn.Module):
     @torch.no_grad()
     def predict_normalized(self, x: torch.Tensor) -> RawPrediction:
         p, sem_logits = self.features(x)
-        sizes = [tuple(x.shape[-2:])] * x.shape[0]
+        return self.predict_from_features(p, sem_logits)
+
+    @torch.no_grad()
+    def predict_from_features(self, p: list[torch.Tensor], sem_logits: torch.Tensor) -> RawPrediction:
+        """The sparse part (proposals, RoI heads) over dense outputs computed elsewhere (e.g. a CUDA graph)."""
+        sizes = [tuple(sem_logits.shape[-2:])] * sem_logits.shape[0]
         return RawPrediction(sem_logits, self.instance_head.predict(p, sizes))
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from panoptic_ros.classes import ClassTable
 from panoptic_ros.model.checkpoint import ModelCard, load_model
+from panoptic_ros.model.dense import DenseRunner
 from panoptic_ros.model.efficientps import EfficientPS
 from panoptic_ros.model.fusion import FusionOutput, panoptic_fusion
 from panoptic_ros.panoptic import PanopticResult
@@ -54,14 +55,20 @@ class Predictor:
     def __init__(self, model: EfficientPS, card: ModelCard, device: str | torch.device = "auto",
                  precision: str = "auto", fusion: FusionSettings = FusionSettings(),
                  max_detections: int | None = None, rpn_post_nms_top_n: int | None = None,
-                 input_size: tuple[int, int] | None = None, channels_last: bool = False) -> None:
+                 input_size: tuple[int, int] | None = None, channels_last: bool | None = None,
+                 dense_mode: str = "eager") -> None:
+        """``channels_last``: NHWC activations (None = on CUDA, where convolutions are faster that way);
+        ``dense_mode``: how the dense part runs (:mod:`panoptic_ros.model.dense`)."""
         self.device = resolve_device(str(device))
+        if channels_last is None:
+            channels_last = self.device.type == "cuda"
         self.channels_last = channels_last
         self.dtype = resolve_precision(precision, self.device)
         self.card = card
         self.model = model.to(self.device).eval()
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.dense = DenseRunner(self.model, dense_mode, self.device)
         self.fusion = fusion
         cfg = card.config
         self.input_size = input_size or (cfg.input_height, cfg.input_width)
@@ -95,6 +102,7 @@ class Predictor:
         dev = resolve_device(str(device))
         self.model.to(dev)
         self._thing_lut = self._thing_lut.to(dev)
+        self.dense.moved_to(dev)
         if dev.type == "cpu" and self.dtype == torch.float16:
             self.dtype = torch.float32
         self.device = dev
@@ -130,8 +138,9 @@ class Predictor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         t1 = time.perf_counter()
+        p, sem_logits = self.dense(x, self.dtype)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            raw = self.model.predict_normalized(x)
+            raw = self.model.predict_from_features(p, sem_logits)
         results = []
         t2 = time.perf_counter()
         for i, f in enumerate(frames):

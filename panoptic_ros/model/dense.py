@@ -1,0 +1,142 @@
+"""How the dense part of the network runs: eagerly, as replayed CUDA graphs, or compiled.
+
+The dense part (backbone, 2-way FPN, semantic head: :meth:`EfficientPS.features`)
+is most of the network's time and has static shapes for a given batch and input
+size, which is what CUDA graphs need: launching a captured graph costs one call
+instead of hundreds of kernel launches, the overhead that dominates small
+batches on a fast GPU. The instance head's proposal and RoI stages have
+data-dependent shapes and stay eager.
+
+Modes (``ModelParams.dense_mode``):
+
+- ``eager``: plain PyTorch.
+- ``cuda_graph``: one graph per (batch, height, width, precision), captured on
+  first use after warm-up on a side stream, replayed from a static input buffer.
+  The first replay of every new graph is checked against the eager result; a
+  graph that cannot be captured or disagrees is dropped and that shape runs
+  eagerly from then on (``DenseRunner.fallback_reason`` says why), so a driver
+  or kernel quirk costs speed, never correctness.
+- ``compile``: ``torch.compile`` of the dense part (inductor; on CUDA without its
+  own CUDA graphs, so that both can be compared).
+- ``auto``: ``cuda_graph`` on CUDA, ``eager`` elsewhere.
+
+The outputs of a replayed graph live in the graph's static buffers and are
+overwritten by the next replay of the same shape: callers consume them before
+running the next batch (the predictor fuses each batch before it returns).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DENSE_MODES = ("auto", "eager", "cuda_graph", "compile")
+
+# First-replay check of a captured graph against eager: max |difference| allowed, relative to the eager
+# logits' range. Replays are bit-exact in practice; the slack is for kernels whose choice depends on
+# workspace availability during capture.
+GRAPH_CHECK_TOLERANCE = 1e-2
+
+
+def resolve_dense_mode(mode: str, device: torch.device) -> str:
+    if mode not in DENSE_MODES:
+        raise ValueError(f"dense_mode must be one of {', '.join(DENSE_MODES)}, got {mode!r}")
+    if mode == "auto":
+        return "cuda_graph" if device.type == "cuda" else "eager"
+    if mode == "cuda_graph" and device.type != "cuda":
+        raise ValueError(f"dense_mode 'cuda_graph' needs a CUDA device, the model is on {device}; use 'auto' or "
+                         "'eager'")
+    return mode
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    static_in: torch.Tensor
+    static_out: tuple[torch.Tensor, ...]
+
+
+class DenseRunner:
+    """Runs ``model.features`` (normalised images -> (FPN maps, semantic logits)) in the chosen mode."""
+
+    def __init__(self, model: torch.nn.Module, mode: str, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self.mode = resolve_dense_mode(mode, device)
+        self.fallback_reason: str | None = None
+        self._graphs: dict[tuple, _Graph | None] = {}
+        self._compiled = None
+        if self.mode == "compile":
+            opts = {"mode": "max-autotune-no-cudagraphs"} if device.type == "cuda" else {}
+            self._compiled = torch.compile(model.features, dynamic=False, **opts)
+
+    def __call__(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
+        autocast = dtype != torch.float32
+        if self.mode == "cuda_graph":
+            return self._graph_call(x, dtype)
+        fn = self._compiled if self.mode == "compile" else self.model.features
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=autocast):
+            return fn(x)
+
+    def moved_to(self, device: torch.device) -> None:
+        """The model moved (fallback device): graphs belong to the old device and are dropped."""
+        self._graphs.clear()
+        self.device = device
+        if self.mode == "cuda_graph" and device.type != "cuda":
+            self.mode = "eager"
+        if self.mode == "compile":
+            self._compiled = torch.compile(self.model.features, dynamic=False)
+
+    # ------------------------------------------------------------------ CUDA graphs
+
+    def _eager(self, x: torch.Tensor, dtype: torch.dtype, cache: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32,
+                                             cache_enabled=cache):
+            return self.model.features(x)
+
+    def _graph_call(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
+        key = (tuple(x.shape), x.dtype, dtype, x.is_contiguous(memory_format=torch.channels_last))
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(x, dtype)
+            g = self._graphs[key]
+            if g is not None:
+                g.static_in.copy_(x)
+                g.graph.replay()
+                if not self._agrees(g, x, dtype):
+                    self._graphs[key] = None
+        g = self._graphs[key]
+        if g is None:
+            return self._eager(x, dtype)
+        g.static_in.copy_(x)
+        g.graph.replay()
+        *p, sem = g.static_out
+        return list(p), sem
+
+    def _capture(self, x: torch.Tensor, dtype: torch.dtype) -> _Graph | None:
+        try:
+            static_in = x.clone()
+            side = torch.cuda.Stream(device=x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm-up: cuDNN autotuning and allocator pools settle outside the graph
+                    self._eager(static_in, dtype, cache=False)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                p, sem = self._eager(static_in, dtype, cache=False)
+            return _Graph(graph, static_in, (*p, sem))
+        except RuntimeError as exc:  # capture unsupported here (CudaError is a RuntimeError): run eagerly
+            self.fallback_reason = f"CUDA graph capture failed for input {tuple(x.shape)}: {exc}"
+            return None
+
+    def _agrees(self, g: _Graph, x: torch.Tensor, dtype: torch.dtype) -> bool:
+        p, sem = self._eager(x, dtype)
+        ref = (*p, sem)
+        for a, b in zip(g.static_out, ref):
+            scale = float(b.float().abs().max()) or 1.0
+            diff = float((a.float() - b.float()).abs().max())
+            if not diff <= GRAPH_CHECK_TOLERANCE * scale:
+                self.fallback_reason = (f"CUDA graph for input {tuple(x.shape)} disagreed with eager "
+                                        f"(max diff {diff:.3g} of range {scale:.3g}); running eagerly")
+                return False
+        return True

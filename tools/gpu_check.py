@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""The one GPU check: correctness of the CUDA-only paths, then every speed variant, in one run.
+
+Written for the lent GPU machine (one short run; see docs/PERFORMANCE.md, "GPU"):
+
+    python tools/gpu_check.py --out "$OUT"            # ~5 min on an H100/H200
+
+1. CUDA graphs: the demo model's dense part captured per shape (batch 1 and 6, 1024x2048 and
+   512x1024) must agree with eager (the runner's own first-replay check passed, no fallback) and
+   the predictor's panoptic output with graphs must equal eager's on held-out frames.
+2. ``panoptic-ros bench`` at 1024x2048 and 512x1024, batch 1 and 6, every variant (ours with
+   CUDA graphs, ours eager, ours torch.compile, ours fp32, the torchvision baseline) with the PQ
+   check of each optimisation; its bench.md / bench.json / latency.png land in --out.
+
+Exit status 0 only if every check passed. Nothing here downloads anything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def check_graphs(out: dict) -> bool:
+    import numpy as np
+    import torch
+
+    from panoptic_ros.model.evaluation import synthetic_frames
+    from panoptic_ros.model.predictor import Predictor
+    from panoptic_ros.pipeline import default_model_path
+
+    ok = True
+    for h, w in ((1024, 2048), (512, 1024)):
+        frames = [f.image for f in synthetic_frames(100_900, 6, 1, h, w)]
+        eager = Predictor.from_file(default_model_path(), device="cuda", input_size=(h, w), dense_mode="eager")
+        graph = Predictor.from_file(default_model_path(), device="cuda", input_size=(h, w), dense_mode="cuda_graph")
+        for batch in (1, 6):
+            t0 = time.perf_counter()
+            a, b = eager.predict(frames[:batch]), graph.predict(frames[:batch])
+            same_class = float(np.mean([(x.class_map == y.class_map).mean() for x, y in zip(a, b)]))
+            same_inst = float(np.mean([(x.instance_map == y.instance_map).mean() for x, y in zip(a, b)]))
+            row = {"size": f"{h}x{w}", "batch": batch, "fallback": graph.dense.fallback_reason,
+                   "graphs": sum(g is not None for g in graph.dense._graphs.values()),
+                   "same_class_px": same_class, "same_instance_px": same_inst,
+                   "instances": [x.num_instances for x in a], "instances_graph": [y.num_instances for y in b],
+                   "first_call_s": time.perf_counter() - t0}
+            row["ok"] = row["fallback"] is None and same_class > 0.999 and same_inst > 0.99
+            ok &= row["ok"]
+            out.setdefault("cuda_graphs", []).append(row)
+            print(json.dumps(row), flush=True)
+        del eager, graph
+        torch.cuda.empty_cache()
+    return ok
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--iterations", type=int, default=30)
+    args = ap.parse_args()
+    import torch
+
+    from panoptic_ros.cli import main as cli
+
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device here", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    out: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    ok = check_graphs(out)
+    rc = cli(["bench", "--device", "cuda", "--sizes", "1024x2048,512x1024", "--batches", "1,6",
+              "--iterations", str(args.iterations), "--warmup", "5", "--accuracy-frames", "24",
+              "--out", str(args.out / "bench")])
+    out["bench_exit"] = rc
+    out["ok"] = ok and rc == 0
+    (args.out / "gpu_check.json").write_text(json.dumps(out, indent=2))
+    print("gpu_check:", "all checks passed" if out["ok"] else "FAILED (see gpu_check.json)")
+    return 0 if out["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
