@@ -59,7 +59,9 @@ def test_shipped_model_segments_held_out_streets() -> None:
     pq = acc.result()
     # Regression floors well below what the card reports (PERFORMANCE.md has the full table): a broken
     # model, fusion or pre-processing scores near zero here.
-    assert pq.all.pq > 0.30, pq.all
-    assert pq.stuff.pq > 0.40, pq.stuff
-    assert pq.per_class[CITYSCAPES.by_name("road").train_id].pq > 0.8
-    assert cars >= 3
+    # (the shipped model scores PQ 0.50, things 0.50, stuff 0.50, road 0.81 and finds 32 cars here)
+    assert pq.all.pq > 0.35, pq.all
+    assert pq.things.pq > 0.30, pq.things
+    assert pq.stuff.pq > 0.35, pq.stuff
+    assert pq.per_class[CITYSCAPES.by_name("road").train_id].pq > 0.6
+    assert cars >= 10
