@@ -134,8 +134,16 @@ class Receiver:
                                       qos.latched_qos())
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # noqa: BLE001 - shutdown while waiting; the loop condition ends it
+                time.sleep(0.01)
 
     def _on_objects(self, msg) -> None:
         now = time.time()
@@ -164,9 +172,15 @@ class Receiver:
     def close(self) -> None:
         import rclpy
 
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown()
+        # Stop and join the spinning thread before the node and the context go: a thread still waiting in
+        # the middleware when the context is torn down aborts the process at exit.
+        self._stop.set()
+        self.thread.join(timeout=5.0)
+        try:
+            self.executor.shutdown(timeout_sec=1.0)
+            self.node.destroy_node()
+        finally:
+            rclpy.try_shutdown()
 
 
 def cpu_seconds(pid: int) -> float:
