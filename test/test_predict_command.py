@@ -2,6 +2,7 @@
 import json
 
 import cv2
+import numpy as np
 import pytest
 
 from panoptic_ros.cli import main
@@ -54,3 +55,26 @@ def test_predict_image_folder_and_bad_inputs(tmp_path, model_file, capsys):
     assert main(["predict", "--input", str(folder), "--out", str(tmp_path / "o3"),
                  "--model", str(tmp_path / "missing.safetensors")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_predict_track_writes_track_ids_consistent_across_a_sequence(tmp_path):
+    """--track: segment ids are the node's track ids -- none before a track is confirmed, then the same id
+    for the same object in every frame of its sequence, and separate trackers per sequence."""
+    weights = save_tiny_model(tmp_path / "tiny.safetensors", permissive=True)
+    frames = []
+    for seq in ("a", "b"):
+        for k in range(4):
+            f = street_frame(0)  # the same scene every frame: the same detections, so ids must persist
+            f.sequence, f.frame_index, f.stamp_ns = seq, k, k * 100_000_000
+            frames.append(f)
+    write_coco_panoptic(tmp_path / "gt", frames, split="val")
+    args = ["predict", "--input", str(tmp_path / "gt"), "--model", str(weights), "--device", "cpu"]
+    assert main(args + ["--out", str(tmp_path / "tracked"), "--track"]) == 0
+    pred = {(f.sequence, f.frame_index): f for f in CocoPanopticDataset(tmp_path / "tracked")}
+    ids = {key: set(np.unique(f.instance[f.instance > 0]).tolist()) for key, f in pred.items()}
+    assert ids[("a", 0)] == set() and ids[("b", 0)] == set()  # tentative on the first frame: no id yet
+    assert ids[("a", 1)] and ids[("a", 1)] == ids[("a", 2)] == ids[("a", 3)]
+    assert ids[("b", 1)] == ids[("a", 1)]  # a fresh tracker for sequence b numbers its objects the same way
+    assert main(args + ["--out", str(tmp_path / "plain")]) == 0
+    plain = {(f.sequence, f.frame_index): f for f in CocoPanopticDataset(tmp_path / "plain")}
+    assert set(np.unique(plain[("a", 0)].instance[plain[("a", 0)].instance > 0]).tolist())  # per-frame ids
