@@ -65,7 +65,7 @@ class ModelParams:
                            choices=("auto", "fp32", "fp16", "bf16"))
     dense_mode: str = param("auto", "How the dense part (backbone, FPN, semantic head) runs: auto (cuda_graph on "
                                     "CUDA, else eager), eager, cuda_graph (captured per batch size, checked against "
-                                    "eager on first use, eager where capture fails) or compile (torch.compile)",
+                                    "eager on first use, eager where capture fails) or compile, through torch.compile",
                             choices=("auto", "eager", "cuda_graph", "compile"))
     input_height: int = param(0, "Network input height in pixels; 0 = the model card's", minimum=0, maximum=4096,
                               unit="px")
