@@ -63,7 +63,8 @@ def synthetic_frames(height: int, width: int, count: int, seed: int = 300_000) -
     return [seq.render(k).image for k in range(count)]
 
 
-def make_predictor(variant: str, model_path: str, device: str, size: tuple[int, int]):
+def make_predictor(variant: str, model_path: str, device: str, size: tuple[int, int] | None):
+    """A predictor for ``variant`` (``run`` has checked the name); ``size`` None = the model card's input size."""
     from panoptic_ros.model.predictor import Predictor
 
     if variant == "baseline":
@@ -71,8 +72,6 @@ def make_predictor(variant: str, model_path: str, device: str, size: tuple[int, 
         return BaselinePredictor(device=device, input_size=size)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    if variant not in OUR_VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known: {', '.join((*OUR_VARIANTS, 'baseline'))}")
     precision, dense_mode, channels_last = OUR_VARIANTS[variant]
     return Predictor.from_file(resolve_model_path(model_path), device=str(dev), precision=precision,
                                input_size=size, channels_last=channels_last, dense_mode=dense_mode)

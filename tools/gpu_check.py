@@ -45,7 +45,7 @@ def check_graphs(out: dict) -> bool:
             same_class = float(np.mean([(x.class_map == y.class_map).mean() for x, y in zip(a, b)]))
             same_inst = float(np.mean([(x.instance_map == y.instance_map).mean() for x, y in zip(a, b)]))
             row = {"size": f"{h}x{w}", "batch": batch, "fallback": graph.dense.fallback_reason,
-                   "graphs": sum(g is not None for g in graph.dense._graphs.values()),
+                   "graphs": graph.dense.captured_graphs,
                    "same_class_px": same_class, "same_instance_px": same_inst,
                    "instances": [x.num_instances for x in a], "instances_graph": [y.num_instances for y in b],
                    "first_call_s": time.perf_counter() - t0}

@@ -59,12 +59,10 @@ def predict_to_coco(predictor, frames: Iterator[PanopticFrame], out: Path, batch
     from panoptic_ros.datasets.coco import CocoPanopticWriter
 
     writer = CocoPanopticWriter(out, "pred", predictor.classes)
-    pipeline = None
-    if track:
-        from panoptic_ros.params import TrackerParams
-        from panoptic_ros.pipeline import Pipeline
+    from panoptic_ros.params import TrackerParams
+    from panoptic_ros.pipeline import CameraFrame, Pipeline
 
-        pipeline = Pipeline(predictor, tracker=TrackerParams(), max_batch=1)
+    pipeline = Pipeline(predictor, tracker=TrackerParams(), max_batch=1) if track else None
     count = 0
     pending: list[PanopticFrame] = []
     bar = None
@@ -73,8 +71,6 @@ def predict_to_coco(predictor, frames: Iterator[PanopticFrame], out: Path, batch
         bar = tqdm(desc="predict", unit="frame")
 
     def predicted(f: PanopticFrame) -> tuple[np.ndarray, np.ndarray]:
-        from panoptic_ros.pipeline import CameraFrame
-
         stamp_s = f.stamp_ns * 1e-9 if f.stamp_ns else f.frame_index / DEFAULT_FPS
         (o,) = pipeline.process([CameraFrame(f.sequence or "sequence", f.image, stamp_s)])
         return o.semantic, (o.panoptic % LABEL_DIVISOR).astype(np.int32)
