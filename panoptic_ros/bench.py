@@ -10,11 +10,16 @@ R50-FPN + semantic FPN head, fp32 eager), all measured in the same run, since
 absolute times drift between machines and days.
 
 Variants:
-- ``ours``: the deployment setting, the node's defaults (fp16 autocast, channels-last and the dense part
-  as replayed CUDA graphs on CUDA; fp32 eager on CPU);
+- ``ours``: the deployment setting, the node's defaults (fp16 autocast, channels-last, the dense part
+  as replayed CUDA graphs and the batched fusion with one host synchronisation per batch on CUDA;
+  fp32 eager with per-instance fusion on CPU);
 - ``ours-eager``: as ``ours`` without CUDA graphs (what the graphs buy);
 - ``ours-compile``: as ``ours`` with the dense part through ``torch.compile`` instead of CUDA graphs;
-- ``ours-fp32``: the same model, fp32, eager, default memory format;
+- ``ours-hostfusion``: as ``ours`` with the per-instance fusion that decides on the host (what the
+  batched fusion buys);
+- ``ours-threads``: as ``ours`` with the cameras of a batch tracked and encoded in parallel threads
+  (``tracking_threads: 0``; what they buy where the host's per-frame work limits a camera rig);
+- ``ours-fp32``: the same model, fp32, eager, default memory format, per-instance fusion;
 - ``baseline``: see panoptic_ros/model/baseline.py (random weights: timing only).
 
 Accuracy (``--accuracy-frames``): every variant of ours also segments the same
@@ -72,14 +77,18 @@ def make_predictor(variant: str, model_path: str, device: str, size: tuple[int, 
         return BaselinePredictor(device=device, input_size=size)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    precision, dense_mode, channels_last = OUR_VARIANTS[variant]
+    precision, dense_mode, channels_last, fusion_mode, _ = OUR_VARIANTS[variant]
     return Predictor.from_file(resolve_model_path(model_path), device=str(dev), precision=precision,
-                               input_size=size, channels_last=channels_last, dense_mode=dense_mode)
+                               input_size=size, channels_last=channels_last, dense_mode=dense_mode,
+                               fusion_mode=fusion_mode)
 
 
-# variant -> (precision, dense_mode, channels_last (None = on CUDA))
-OUR_VARIANTS = {"ours": ("auto", "auto", None), "ours-eager": ("auto", "eager", None),
-                "ours-compile": ("auto", "compile", None), "ours-fp32": ("fp32", "eager", False)}
+# variant -> (precision, dense_mode, channels_last (None = on CUDA), fusion_mode, tracking_threads)
+OUR_VARIANTS = {"ours": ("auto", "auto", None, "auto", 1), "ours-eager": ("auto", "eager", None, "auto", 1),
+                "ours-compile": ("auto", "compile", None, "auto", 1),
+                "ours-hostfusion": ("auto", "auto", None, "per_instance", 1),
+                "ours-threads": ("auto", "auto", None, "auto", 0),
+                "ours-fp32": ("fp32", "eager", False, "per_instance", 1)}
 
 
 @dataclass
@@ -133,7 +142,8 @@ def _sync(device: str) -> None:
 def run_variant(variant: str, model_path: str, device: str, size: tuple[int, int], batch: int,
                 frames: list[np.ndarray], iterations: int, warmup: int) -> tuple[BenchRow, list[float]]:
     predictor = make_predictor(variant, model_path, device, size)
-    pipeline = Pipeline(predictor, tracker=TrackerParams(), max_batch=batch)
+    threads = OUR_VARIANTS[variant][4] if variant in OUR_VARIANTS else 1
+    pipeline = Pipeline(predictor, tracker=TrackerParams(), max_batch=batch, tracking_threads=threads)
     cams = [f"cam{c}" for c in range(batch)]
     if torch.cuda.is_available() and device != "cpu":
         torch.cuda.reset_peak_memory_stats()
@@ -156,6 +166,7 @@ def run_variant(variant: str, model_path: str, device: str, size: tuple[int, int
             stages += [asdict(o.timings) for o in outs]
     cpu = time.process_time() - cpu0
     wall = time.perf_counter() - wall0
+    pipeline.close()
     gpu = (torch.cuda.max_memory_allocated() / 2 ** 20) if torch.cuda.is_available() and device != "cpu" else None
     stage_ms = {k: float(np.median([s[k] for s in stages])) for k in stages[0]}
     row = BenchRow(variant, f"{size[0]}x{size[1]}", batch, float(np.percentile(times, 50)),
@@ -205,9 +216,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sizes", default=None, help="comma-separated HxW (default: 1024x2048,512x1024 on CUDA, "
                                                   "256x512 on CPU)")
     p.add_argument("--batches", default="1,6", help="comma-separated batch sizes (6 = a six-camera rig)")
-    p.add_argument("--variants", default=None, help="comma-separated, from ours, ours-eager, ours-compile, ours-fp32, "
-                                                     "baseline (default: all on CUDA; ours,ours-fp32,baseline on CPU, "
-                                                     "where graphs do not apply)")
+    p.add_argument("--variants", default=None, help="comma-separated, from ours, ours-eager, ours-compile, "
+                                                     "ours-hostfusion, ours-threads, ours-fp32, baseline (default: "
+                                                     "all on CUDA; ours,ours-fp32,baseline on CPU, where graphs do "
+                                                     "not apply)")
     p.add_argument("--accuracy-frames", type=int, default=12,
                    help="held-out frames each variant of ours is scored on (0 = skip the accuracy check)")
     p.add_argument("--max-pq-drop", type=float, default=0.005,
@@ -226,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = args.sizes or ("1024x2048,512x1024" if cuda else "256x512")
     sizes_hw = [tuple(int(v) for v in s.lower().split("x")) for s in sizes.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
-    variants = [v.strip() for v in (args.variants or ("ours,ours-eager,ours-compile,ours-fp32,baseline" if cuda
+    variants = [v.strip() for v in (args.variants or ("ours,ours-eager,ours-compile,ours-hostfusion,ours-threads,ours-fp32,baseline" if cuda
                                                         else "ours,ours-fp32,baseline")).split(",")]
     for v in variants:
         if v not in OUR_VARIANTS and v != "baseline":

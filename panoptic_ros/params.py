@@ -67,6 +67,11 @@ class ModelParams:
                                     "CUDA, else eager), eager, cuda_graph (captured per batch size, checked against "
                                     "eager on first use, eager where capture fails) or compile, through torch.compile",
                             choices=("auto", "eager", "cuda_graph", "compile"))
+    fusion_mode: str = param("auto", "How panoptic fusion runs: auto (batch on CUDA, else per_instance), per_instance "
+                                     "(work confined to each box, decided on the host: fastest on a CPU) or batch "
+                                     "(all frames and instances at once on the device, no host synchronisation "
+                                     "until the batch's results are copied)",
+                             choices=("auto", "per_instance", "batch"))
     input_height: int = param(0, "Network input height in pixels; 0 = the model card's", minimum=0, maximum=4096,
                               unit="px")
     input_width: int = param(0, "Network input width in pixels; 0 = the model card's", minimum=0, maximum=8192,
@@ -157,6 +162,9 @@ class NodeParams:
     camera_info_tolerance_s: float = param(0.05, "Largest stamp difference accepted between an image and its "
                                                  "CameraInfo", minimum=0.0, maximum=10.0, unit="s")
     max_batch: int = param(6, "Most camera frames run through the model in one batch", minimum=1, maximum=64)
+    tracking_threads: int = param(1, "Threads that track and encode the different cameras of one batch at once "
+                                     "(each camera's frames stay in order): 1 = one after another in the "
+                                     "inference thread, 0 = one per camera in the batch", minimum=0, maximum=64)
     enabled: bool = param(True, "Run inference (also switchable with the ~/set_enabled service)", dynamic=True)
     publish_semantic: bool = param(True, "Publish panoptic/semantic (mono8 class ids)")
     overlay_alpha: float = param(0.5, "Opacity of the class colours in panoptic/overlay", minimum=0.0, maximum=1.0,

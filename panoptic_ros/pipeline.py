@@ -20,6 +20,7 @@ import math
 import os
 import time
 from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -233,7 +234,7 @@ def load_predictor(model: ModelParams) -> PanopticPredictor:
         fusion=FusionSettings(score_threshold=model.score_threshold, overlap_threshold=model.overlap_threshold,
                               min_stuff_area=model.min_stuff_area),
         max_detections=model.max_detections, rpn_post_nms_top_n=model.rpn_post_nms_top_n, input_size=input_size,
-        dense_mode=model.dense_mode)
+        dense_mode=model.dense_mode, fusion_mode=model.fusion_mode)
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -250,15 +251,23 @@ class _CameraState:
 class Pipeline:
     """Batched inference + per-camera tracking + encoding; one instance per node or replay.
 
-    Not thread-safe: call :meth:`process` and :meth:`set_params` from one thread.
+    Not thread-safe: call :meth:`process` and :meth:`set_params` from one thread. With
+    ``tracking_threads`` != 1 the cameras of one batch are tracked and encoded in a thread pool
+    (trackers are per camera, so they share nothing; each camera's frames keep their order);
+    :meth:`close` stops the pool.
     """
 
     FAULT_HISTORY = 100  # fault events kept for take_faults(); the counts are kept forever
 
     def __init__(self, predictor: PanopticPredictor, tracker: TrackerParams | None = None,
-                 mount: CameraMountParams | None = None, max_batch: int = 6, fallback_device: str = "") -> None:
+                 mount: CameraMountParams | None = None, max_batch: int = 6, fallback_device: str = "",
+                 tracking_threads: int = 1) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if tracking_threads < 0:
+            raise ValueError(f"tracking_threads must be >= 0, got {tracking_threads}")
+        self.tracking_threads = int(tracking_threads)
+        self._pool: ThreadPoolExecutor | None = None
         self.predictor = predictor
         self.max_batch = int(max_batch)
         self.fallback_device = fallback_device
@@ -274,7 +283,8 @@ class Pipeline:
     def from_params(cls, params: NodeParams) -> "Pipeline":
         """Loads the model named by ``params.model`` (CheckpointError if it cannot be loaded)."""
         return cls(load_predictor(params.model), tracker=params.tracker, mount=params.mount,
-                   max_batch=params.max_batch, fallback_device=params.model.fallback_device)
+                   max_batch=params.max_batch, fallback_device=params.model.fallback_device,
+                   tracking_threads=params.tracking_threads)
 
     @property
     def classes(self) -> ClassTable:
@@ -357,9 +367,15 @@ class Pipeline:
         outputs: list[FrameOutput | FrameFailure] = []
         for start in range(0, len(frames), self.max_batch):
             chunk = list(frames[start:start + self.max_batch])
-            for frame, result in zip(chunk, self._predict(chunk)):
-                outputs.append(result if isinstance(result, FrameFailure) else self._finish(frame, result))
+            outputs += self._finish_chunk(chunk, self._predict(chunk))
         return outputs
+
+    def close(self) -> None:
+        """Stop the tracking threads, if any (the pipeline still works afterwards, serially)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        self.tracking_threads = 1
 
     def overlay(self, output: FrameOutput, alpha: float = 0.5, labels: bool = True) -> np.ndarray:
         """uint8 (H, W, 3) RGB: class colours over the image, object outlines, ``#id label`` tags."""
@@ -373,6 +389,29 @@ class Pipeline:
                               self.classes.palette(), alpha, tags)
 
     # ------------------------------------------------------------------ internals
+
+    def _finish_chunk(self, chunk: list[CameraFrame],
+                      results: list[PanopticResult | FrameFailure]) -> list[FrameOutput | FrameFailure]:
+        out: list[FrameOutput | FrameFailure | None] = list(results)
+        by_camera: dict[str, list[int]] = {}
+        for i, (frame, result) in enumerate(zip(chunk, results)):
+            if not isinstance(result, FrameFailure):
+                by_camera.setdefault(frame.camera, []).append(i)
+                self._state(frame.camera)  # created here, not in the pool
+
+        def finish(indices: list[int]) -> None:
+            for i in indices:
+                out[i] = self._finish(chunk[i], results[i])  # type: ignore[arg-type]
+
+        if self.tracking_threads != 1 and len(by_camera) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.tracking_threads or self.max_batch,
+                                                thread_name_prefix="panoptic-tracking")
+            list(self._pool.map(finish, by_camera.values()))  # re-raises the first error
+        else:
+            for indices in by_camera.values():
+                finish(indices)
+        return out  # type: ignore[return-value]
 
     def _predict(self, chunk: list[CameraFrame]) -> list[PanopticResult | FrameFailure]:
         try:

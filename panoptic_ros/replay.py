@@ -776,7 +776,8 @@ class OfflineReplay:
         self.params = settings.params
         self.predictor = predictor
         self.pipeline = Pipeline(predictor, tracker=self.params.tracker, mount=self.params.mount,
-                                 max_batch=self.params.max_batch, fallback_device=self.params.model.fallback_device)
+                                 max_batch=self.params.max_batch, fallback_device=self.params.model.fallback_device,
+                                 tracking_threads=self.params.tracking_threads)
         self.result = ReplayResult(bag, out_dir, "offline")
         self._pending: list[_Pending] = []
         self._rows: list[dict[str, Any]] = []
@@ -814,6 +815,7 @@ class OfflineReplay:
                 raise KeyboardInterrupt
         finally:
             source.close()
+            self.pipeline.close()
         return self.result
 
     def _open_outputs(self, source: BagSource) -> None:

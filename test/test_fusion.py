@@ -1,11 +1,17 @@
-"""EfficientPS panoptic fusion on hand-made logits, with exact expected maps."""
+"""EfficientPS panoptic fusion on hand-made logits, with exact expected maps.
+
+Every hand-made case runs through both implementations: the per-instance one
+(``panoptic_fusion``, what the CPU uses) and the batched one without host
+synchronisation (``panoptic_fusion_batch``, what CUDA uses); random cases
+check that the two agree.
+"""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from panoptic_ros.model.fusion import VOID, paste_mask_logits, panoptic_fusion
+from panoptic_ros.model.fusion import VOID, pad_instances, paste_mask_logits, panoptic_fusion, panoptic_fusion_batch
 
 ROAD, SKY, CAR, PERSON = 0, 1, 2, 3
 STUFF, THINGS = [ROAD, SKY], [CAR, PERSON]
@@ -24,12 +30,48 @@ def const_masks(values: list[float], m: int = 4) -> torch.Tensor:
     return torch.stack([torch.full((m, m), v) for v in values]) if values else torch.zeros((0, m, m))
 
 
+@pytest.fixture(params=["per_instance", "batch"], autouse=True)
+def implementation(request, monkeypatch):
+    monkeypatch.setitem(IMPLEMENTATION, "name", request.param)
+    return request.param
+
+
+IMPLEMENTATION = {"name": "per_instance"}
+
+
 def fuse(logits, boxes, classes, scores, masks, **kw):
     kw.setdefault("score_threshold", 0.5)
     kw.setdefault("overlap_threshold", 0.5)
-    out = panoptic_fusion(logits, torch.tensor(boxes, dtype=torch.float32), torch.tensor(classes),
-                          torch.tensor(scores), masks, thing_ids=THINGS, stuff_ids=STUFF, **kw)
-    return out.class_map.numpy(), out.instance_map.numpy(), out.keep.tolist()
+    boxes_t = torch.tensor(np.asarray(boxes, np.float32).reshape(-1, 4))
+    classes_t = torch.tensor(classes, dtype=torch.long)
+    scores_t = torch.tensor(scores, dtype=torch.float32)
+    if IMPLEMENTATION["name"] == "per_instance":
+        out = panoptic_fusion(logits, boxes_t, classes_t, scores_t, masks, thing_ids=THINGS, stuff_ids=STUFF, **kw)
+        return out.class_map.numpy(), out.instance_map.numpy(), out.keep.tolist()
+    return fuse_as_batch(logits, boxes_t, classes_t, scores_t, masks, **kw)
+
+
+def fuse_as_batch(logits, boxes, classes, scores, masks, **kw):
+    """One image through panoptic_fusion_batch, as the second image of a batch next to a different one,
+    so that batching cannot leak between images; ``keep`` in output order as panoptic_fusion returns it."""
+    other = torch.roll(logits, 1, dims=0)
+    pad = 3  # padding rows that must be ignored
+    n = len(scores)
+    valid = torch.zeros((2, n + pad), dtype=torch.bool)
+    valid[1, :n] = True
+    out = panoptic_fusion_batch(
+        torch.stack([other, logits]),
+        pad_instances([boxes.new_zeros((0, 4)), torch.cat([boxes, torch.tensor([[0.0, 0.0, 5.0, 5.0]] * pad)])]),
+        pad_instances([classes.new_zeros(0), torch.cat([classes, classes.new_full((pad,), THINGS[0])])]),
+        pad_instances([scores.new_zeros(0), torch.cat([scores, scores.new_full((pad,), 0.99)])]),
+        pad_instances([masks.new_zeros((0, *masks.shape[1:])),
+                       torch.cat([masks, torch.full((pad, *masks.shape[1:]), 9.0)])]),
+        valid, thing_ids=THINGS, stuff_ids=STUFF, **kw)
+    assert not out.survived[0].any() and not out.survived[1, n:].any()
+    rank = out.rank[1, :n]
+    keep = [int(i) for i in torch.argsort(rank) if rank[i] > 0]
+    assert out.instance_map.dtype == torch.int32 and out.class_map.dtype == torch.uint8
+    return out.class_map[1].numpy(), out.instance_map[1].numpy(), keep
 
 
 def test_single_instance_claims_its_box_where_both_heads_agree():
@@ -128,3 +170,4 @@ def test_paste_places_mask_cells_at_their_pixels():
     assert float(pasted[0, 2, 2]) == pytest.approx(1.0)
     assert float(pasted[0, 5, 5]) == pytest.approx(4.0)
     assert float(pasted[0, 2, 5]) == pytest.approx(2.0)
+

@@ -357,3 +357,30 @@ def test_positions_match_the_generators_ground_truth():
     # The box bottom is the nearest point of the body; the generator's contact point is that of its
     # ground-touching vertices, so long vehicles seen at an angle differ most.
     assert np.median(errors) < 0.04 and np.percentile(errors, 90) < 0.07 and errors.max() < 0.15, errors
+
+
+def test_tracking_threads_give_the_same_outputs_as_serial_tracking() -> None:
+    """Cameras tracked in a thread pool: every output equals the serial pipeline's, in input order."""
+    cams = ("front", "left", "right")
+    script, frames = [], []
+    for k in range(5):
+        for c, cam in enumerate(cams):
+            x = 20 + 6 * k + 10 * c
+            script.append([(x, 40, x + 20, 80, CAR, 0.9), (100 - 4 * k, 50, 120 - 4 * k, 90, PERSON, 0.8)][:1 + c % 2])
+            frames.append(CameraFrame(cam, noise_frame(k), 1.0 + 0.1 * k))
+    outs = {}
+    for threads in (1, 0):
+        pipe = Pipeline(ScriptedPredictor(script), tracker=PERMISSIVE_TRACKER, max_batch=3, tracking_threads=threads)
+        outs[threads] = pipe.process(frames)
+        assert (pipe._pool is not None) == (threads == 0)
+        pipe.close()
+        assert pipe._pool is None and pipe.tracking_threads == 1
+    assert [(o.camera, o.frame_index) for o in outs[0]] == [(o.camera, o.frame_index) for o in outs[1]]
+    assert [o.camera for o in outs[0]] == [f.camera for f in frames]
+    for a, b in zip(outs[1], outs[0]):
+        np.testing.assert_array_equal(a.panoptic, b.panoptic)
+        assert [(o.track.track_id, o.track.state) for o in a.objects] == [(o.track.track_id, o.track.state)
+                                                                          for o in b.objects]
+    assert sum(len(o.objects) for o in outs[0]) >= 15  # the objects were tracked, not just dropped
+    with pytest.raises(ValueError, match="tracking_threads"):
+        Pipeline(ScriptedPredictor([]), tracking_threads=-1)

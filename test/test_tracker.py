@@ -484,6 +484,26 @@ def test_track_map_matches_objects_and_encodes_losslessly() -> None:
     assert np.array_equal(classes, result.class_map) and np.array_equal(tracks, frame.track_map)
 
 
+@pytest.mark.parametrize("track_dtype", [np.int32, np.uint32, np.int64, np.uint16])
+def test_panoptic_encoding_round_trips_extreme_ids_for_any_integer_track_map(track_dtype) -> None:
+    from panoptic_ros.panoptic import LABEL_DIVISOR, MAX_TRACK_ID
+    classes = np.array([[0, 255, 13], [7, 255, 0]], np.uint8)
+    tracks = np.array([[0, 0, 1], [0, min(MAX_TRACK_ID, np.iinfo(track_dtype).max), 65535]]).astype(track_dtype)
+    pan = encode_panoptic(classes, tracks)
+    assert pan.dtype == np.int32 and (pan >= 0).all()
+    assert pan[0, 2] == 13 * LABEL_DIVISOR + 1
+    c, t = decode_panoptic(pan)
+    assert np.array_equal(c, classes) and np.array_equal(t, tracks.astype(np.uint32))
+    too_big = tracks.astype(np.int64)
+    too_big[0, 0] = MAX_TRACK_ID + 1
+    with pytest.raises(ValueError, match="track ids must lie"):
+        encode_panoptic(classes, too_big)
+    with pytest.raises(ValueError, match="track ids must lie"):
+        encode_panoptic(classes, -tracks.astype(np.int64))
+    with pytest.raises(ValueError, match="differ in shape"):
+        encode_panoptic(classes, tracks[:, :2])
+
+
 def test_track_table_is_capped() -> None:
     rng = np.random.default_rng(0)
     tracker = Tracker(params(max_tracks=5))

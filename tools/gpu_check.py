@@ -8,7 +8,11 @@ Written for the lent GPU machine (one short run; see docs/PERFORMANCE.md, "GPU")
 1. CUDA graphs: the demo model's dense part captured per shape (batch 1 and 6, 1024x2048 and
    512x1024) must agree with eager (the runner's own first-replay check passed, no fallback) and
    the predictor's panoptic output with graphs must equal eager's on held-out frames.
-2. ``panoptic-ros bench`` at 1024x2048 and 512x1024, batch 1 and 6, every variant (ours with
+2. Batched fusion: on the same frames its panoptic output must equal the per-instance fusion's, and
+   everything after the RoI heads (fusion, upsampling, boxes, areas, the copies to the host) must
+   not synchronise with the host except the one explicit synchronisation per batch
+   (``torch.cuda.set_sync_debug_mode``: zero warnings).
+3. ``panoptic-ros bench`` at 1024x2048 and 512x1024, batch 1 and 6, every variant (ours with
    CUDA graphs, ours eager, ours torch.compile, ours fp32, the torchvision baseline) with the PQ
    check of each optimisation; its bench.md / bench.json / latency.png land in --out.
 
@@ -58,6 +62,59 @@ def check_graphs(out: dict) -> bool:
     return ok
 
 
+def check_fusion(out: dict, device: str = "cuda", size: tuple[int, int] = (1024, 2048)) -> bool:
+    """(On a CPU, ``device="cpu"``, only the parity part means anything; it is how this was tried here.)"""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from panoptic_ros.model.evaluation import synthetic_frames
+    from panoptic_ros.model.predictor import Predictor
+    from panoptic_ros.pipeline import default_model_path
+
+    ok = True
+    h, w = size
+    frames = [f.image for f in synthetic_frames(100_950, 6, 1, h, w)]
+    batch = Predictor.from_file(default_model_path(), device=device, input_size=(h, w), fusion_mode="batch")
+    host = Predictor.from_file(default_model_path(), device=device, input_size=(h, w), fusion_mode="per_instance")
+    a, b = batch.predict(frames), host.predict(frames)
+    row = {"size": f"{h}x{w}", "batch": len(frames),
+           "same_class_px": float(np.mean([(x.class_map == y.class_map).mean() for x, y in zip(a, b)])),
+           "same_instance_px": float(np.mean([(x.instance_map == y.instance_map).mean() for x, y in zip(a, b)])),
+           "instances": [x.num_instances for x in a], "instances_host": [y.num_instances for y in b]}
+    # Only the part after the RoI heads is ours to keep free of synchronisation (torchvision's NMS syncs).
+    x = batch.model.normalize(torch.stack([torch.from_numpy(f).permute(2, 0, 1) for f in frames]).to(device))
+    if batch.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    p, sem = batch.dense(x, batch.dtype)
+    with torch.autocast(batch.device.type, dtype=batch.dtype, enabled=batch.dtype != torch.float32):
+        raw = batch.model.predict_from_features(p, sem)
+    cuda = batch.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            results = batch._collect(batch._fuse_batch(raw), raw.detections, [(h, w)] * len(frames))
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode("default")
+    row["same_as_predict"] = bool(all((r.instance_map == y.instance_map).all() for r, y in zip(results, a)))
+    row["sync_warnings"] = [str(c.message)[:200] for c in caught]
+    row["ok"] = (row["same_class_px"] > 0.999 and row["same_instance_px"] > 0.999 and row["same_as_predict"]
+                 and not row["sync_warnings"])
+    ok &= row["ok"]
+    out["batched_fusion"] = row
+    print(json.dumps(row, default=bool), flush=True)
+    del batch, host
+    if cuda:
+        torch.cuda.empty_cache()
+    return ok
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
@@ -74,6 +131,7 @@ def main() -> int:
     out: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     ok = check_graphs(out)
+    ok &= check_fusion(out)
     rc = cli(["bench", "--device", "cuda", "--sizes", "1024x2048,512x1024", "--batches", "1,6",
               "--iterations", str(args.iterations), "--warmup", "5", "--accuracy-frames", "24",
               "--out", str(args.out / "bench")])

@@ -156,3 +156,115 @@ def panoptic_fusion(semantic_logits: torch.Tensor, boxes: torch.Tensor, classes:
         class_map = torch.where(small[class_map], torch.full_like(class_map, VOID), class_map)
 
     return FusionOutput(class_map.to(torch.uint8), instance_map, keep_out)
+
+
+@dataclass
+class BatchFusionOutput:
+    """:func:`panoptic_fusion_batch` for B images; nothing in it has been copied to the host."""
+
+    class_map: torch.Tensor  # uint8 (B, H, W)
+    instance_map: torch.Tensor  # int32 (B, H, W): 1 + rank among each image's survivors, 0 for stuff/void
+    survived: torch.Tensor  # bool (B, N): which input instance survived (input order, padding False)
+    rank: torch.Tensor  # int64 (B, N): 1-based output id of each survivor, 0 otherwise (input order)
+
+
+def pad_instances(per_image: list[torch.Tensor], fill: float = 0.0) -> torch.Tensor:
+    """Stack per-image (N_i, ...) tensors into (B, max N_i, ...) with ``fill`` behind each image's rows."""
+    n = max((len(t) for t in per_image), default=0)
+    first = per_image[0]
+    out = first.new_full((len(per_image), n, *first.shape[1:]), fill)
+    for i, t in enumerate(per_image):
+        out[i, :len(t)] = t
+    return out
+
+
+def panoptic_fusion_batch(semantic_logits: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor,
+                          scores: torch.Tensor, mask_logits: torch.Tensor, valid: torch.Tensor, *,
+                          thing_ids: list[int] | torch.Tensor, stuff_ids: list[int] | torch.Tensor,
+                          score_threshold: float = 0.5, overlap_threshold: float = 0.5,
+                          min_stuff_area: int = 0) -> BatchFusionOutput:
+    """The same fusion as :func:`panoptic_fusion` for a batch, without one host synchronisation.
+
+    ``semantic_logits`` (B, C, H, W); per image N instances padded to a common
+    N: ``boxes`` (B, N, 4), ``classes`` (B, N) train ids, ``scores`` (B, N),
+    ``mask_logits`` (B, N, M, M) and ``valid`` (B, N) bool (False = padding).
+    Every decision is a tensor operation on the logits' device: the greedy
+    overlap filter walks the N score-ranks of all images at once over full
+    (B, H, W) masks, so the work is N x B x H x W instead of the boxes' area
+    (what a GPU does well and a CPU does not: on the CPU use
+    :func:`panoptic_fusion`). Outputs equal :func:`panoptic_fusion`'s up to
+    pixels where a pasted mask logit sits within rounding of 0.
+    """
+    b, c, h, w = semantic_logits.shape
+    n = boxes.shape[1]
+    dev = semantic_logits.device
+    logits = semantic_logits.float()
+    thing_ids_t = torch.as_tensor(thing_ids, device=dev, dtype=torch.long)
+    stuff_ids_t = torch.as_tensor(stuff_ids, device=dev, dtype=torch.long)
+    is_thing_class = torch.zeros(max(c, 1), dtype=torch.bool, device=dev)
+    is_thing_class[thing_ids_t] = True
+
+    # Score order per image (padding last); rank r of image i is input instance order[i, r].
+    scores = torch.where(valid, scores.float(), torch.full_like(scores, float("-inf"), dtype=torch.float32))
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)
+    s_scores = scores.gather(1, order)
+    s_valid = valid.gather(1, order) & (s_scores >= score_threshold)
+    s_classes = classes.long().gather(1, order)
+    s_boxes = boxes.float().gather(1, order[..., None].expand(b, n, 4))
+    m = mask_logits.shape[-1]
+    s_masks = mask_logits.float().gather(1, order[..., None, None].expand(b, n, m, m))
+
+    pasted, inside = paste_mask_logits(s_masks.reshape(b * n, m, m), s_boxes.reshape(b * n, 4), h, w)
+    pasted, inside = pasted.view(b, n, h, w), inside.view(b, n, h, w)
+    binary = (pasted > 0) & inside & s_valid[..., None, None]
+    areas = binary.sum((-2, -1))  # (B, N)
+
+    # Greedy overlap filter, best first, all images in step.
+    taken = torch.zeros((b, h, w), dtype=torch.bool, device=dev)
+    kept = torch.zeros((b, n), dtype=torch.bool, device=dev)
+    for r in range(n):
+        mine = binary[:, r]
+        overlap = (mine & taken).sum((-2, -1)).double() / areas[:, r].clamp(min=1).double()
+        keep_r = (areas[:, r] > 0) & (overlap <= overlap_threshold)
+        kept[:, r] = keep_r
+        taken |= mine & keep_r[:, None, None]
+
+    # Adaptive fusion of every kept instance over its box; the best (earliest on ties) per pixel.
+    ml_b = logits.gather(1, s_classes.clamp(0, c - 1)[..., None, None].expand(b, n, h, w))
+    fused = (torch.sigmoid(pasted) + torch.sigmoid(ml_b)) * (pasted + ml_b)
+    fused = torch.where(inside & kept[..., None, None], fused, torch.full_like(fused, float("-inf")))
+    if n:
+        best, best_rank = fused.max(1)  # the first maximal index: ties go to the better-scored instance
+    else:
+        best = torch.full((b, h, w), float("-inf"), device=dev)
+        best_rank = torch.zeros((b, h, w), dtype=torch.long, device=dev)
+
+    stuff_best, stuff_arg = logits[:, stuff_ids_t].max(1)
+    is_inst = best > stuff_best
+    class_map = stuff_ids_t[stuff_arg]
+    class_map = torch.where(is_inst, s_classes.gather(1, best_rank.view(b, -1)).view(b, h, w), class_map)
+    class_map = torch.where((~is_inst) & is_thing_class[logits.argmax(1)], torch.full_like(class_map, VOID),
+                            class_map)
+
+    # Instances left with too little of their own mask are dropped; survivors numbered in score order.
+    slot = torch.where(is_inst, best_rank, torch.full_like(best_rank, n)).view(b, -1)  # n = no instance
+    counts = torch.zeros((b, n + 1), dtype=torch.long, device=dev).scatter_add_(1, slot, torch.ones_like(slot))
+    counts = counts[:, :n]
+    survive = kept & (counts > 0) & (counts.float() / areas.clamp(min=1).float() >= (1.0 - overlap_threshold))
+    new_id = torch.cumsum(survive.long(), 1) * survive.long()
+    ids = torch.cat([new_id, new_id.new_zeros((b, 1))], 1).gather(1, slot).view(b, h, w)
+    class_map = torch.where(is_inst & (ids == 0), torch.full_like(class_map, VOID), class_map)
+
+    if min_stuff_area > 0 and len(stuff_ids_t):
+        counts_cls = torch.zeros((b, 256), dtype=torch.long, device=dev).scatter_add_(
+            1, class_map.view(b, -1), torch.ones_like(class_map.view(b, -1)))
+        small = torch.zeros((b, 256), dtype=torch.bool, device=dev)
+        sc = counts_cls[:, stuff_ids_t]
+        small[:, stuff_ids_t] = (sc > 0) & (sc < min_stuff_area)
+        class_map = torch.where(small.gather(1, class_map.view(b, -1)).view(b, h, w),
+                                torch.full_like(class_map, VOID), class_map)
+
+    # Back to input order.
+    survived = torch.zeros_like(survive).scatter_(1, order, survive)
+    rank = torch.zeros_like(new_id).scatter_(1, order, new_id)
+    return BatchFusionOutput(class_map.to(torch.uint8), ids.to(torch.int32), survived, rank)

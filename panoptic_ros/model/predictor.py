@@ -5,9 +5,17 @@ calls :class:`Predictor`. It uploads the frames as uint8 (pinned memory on
 CUDA), resizes and normalises on the device, runs the network under
 autocast (fp16/bf16 on CUDA), fuses each image with EfficientPS's fusion at
 network resolution and upsamples the two id maps once to the frame's size.
+
+On CUDA everything after the RoI heads stays on the device until one
+synchronisation per batch: the batched fusion (:func:`panoptic_fusion_batch`,
+no per-instance decisions on the host), the upsampling, the boxes and areas
+of the fused masks; then every result tensor is copied to the host without
+blocking and the stream is synchronised once. (The RPN's and RoI heads'
+NMS and score filtering inside torchvision still synchronise on their own.)
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,10 +29,11 @@ from panoptic_ros.classes import ClassTable
 from panoptic_ros.model.checkpoint import ModelCard, load_model
 from panoptic_ros.model.dense import DenseRunner
 from panoptic_ros.model.efficientps import EfficientPS
-from panoptic_ros.model.fusion import FusionOutput, panoptic_fusion
+from panoptic_ros.model.fusion import pad_instances, panoptic_fusion, panoptic_fusion_batch
 from panoptic_ros.panoptic import PanopticResult
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FUSION_MODES = ("auto", "per_instance", "batch")
 
 
 @dataclass(frozen=True)
@@ -51,14 +60,26 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     return PRECISIONS[name]
 
 
+@dataclass
+class _Fused:
+    class_map: torch.Tensor  # uint8 (H, W) at network resolution
+    instance_map: torch.Tensor  # int32 (H, W): output ids 1..k
+    rank: torch.Tensor  # int64 (N,): output id of each detection, 0 if it did not survive (on the device)
+
+
 class Predictor:
     def __init__(self, model: EfficientPS, card: ModelCard, device: str | torch.device = "auto",
                  precision: str = "auto", fusion: FusionSettings = FusionSettings(),
                  max_detections: int | None = None, rpn_post_nms_top_n: int | None = None,
                  input_size: tuple[int, int] | None = None, channels_last: bool | None = None,
-                 dense_mode: str = "eager") -> None:
+                 dense_mode: str = "eager", fusion_mode: str = "auto") -> None:
         """``channels_last``: NHWC activations (None = on CUDA, where convolutions are faster that way);
-        ``dense_mode``: how the dense part runs (:mod:`panoptic_ros.model.dense`)."""
+        ``dense_mode``: how the dense part runs (:mod:`panoptic_ros.model.dense`); ``fusion_mode``:
+        per_instance (box-sized work per instance, decided on the host: fastest on a CPU), batch (all
+        images and instances at once on the device, no host synchronisation) or auto (batch on CUDA)."""
+        if fusion_mode not in FUSION_MODES:
+            raise ValueError(f"fusion_mode must be one of {', '.join(FUSION_MODES)}, got {fusion_mode!r}")
+        self.fusion_mode = fusion_mode
         self.device = resolve_device(str(device))
         if channels_last is None:
             channels_last = self.device.type == "cuda"
@@ -70,6 +91,7 @@ class Predictor:
             self.model.to(memory_format=torch.channels_last)
         self.dense = DenseRunner(self.model, dense_mode, self.device)
         self.fusion = fusion
+        self._box_score_thresh = float(self.model.instance_head.roi_heads.score_thresh)
         cfg = card.config
         self.input_size = input_size or (cfg.input_height, cfg.input_width)
         if self.input_size[0] % 32 or self.input_size[1] % 32:
@@ -82,6 +104,8 @@ class Predictor:
         self._thing_ids = list(cfg.classes.thing_ids)
         self._stuff_ids = list(cfg.classes.stuff_ids)
         self._thing_lut = torch.tensor(self._thing_ids, dtype=torch.long, device=self.device)
+        self._stuff_lut = torch.tensor(self._stuff_ids, dtype=torch.long, device=self.device)
+        self._apply_score_threshold()
 
     @classmethod
     def from_file(cls, path: str | Path, *, device: str = "auto", expected_classes: ClassTable | None = None,
@@ -95,6 +119,22 @@ class Predictor:
 
     def with_fusion(self, **changes) -> None:
         self.fusion = replace(self.fusion, **changes)
+        self._apply_score_threshold()
+
+    def _apply_score_threshold(self) -> None:
+        """The RoI heads drop what fusion would drop anyway (score below its threshold) before the mask head.
+
+        Lossless: NMS is greedy by score, so a low-scored box never suppresses a better one, and the
+        best ``max_detections`` above the threshold are the same; the mask and embedding heads then run
+        on fewer boxes. torchvision keeps scores strictly above its threshold, fusion keeps scores at or
+        above its own, hence the next float below.
+        """
+        below = math.nextafter(float(self.fusion.score_threshold), -math.inf)
+        self.model.instance_head.roi_heads.score_thresh = max(self._box_score_thresh, below)
+
+    @property
+    def batch_fusion(self) -> bool:
+        return self.fusion_mode == "batch" or (self.fusion_mode == "auto" and self.device.type == "cuda")
 
     def to_device(self, device: str | torch.device) -> None:
         """Move the model (the pipeline's fallback after the GPU failed). fp16 becomes fp32 on the CPU,
@@ -102,6 +142,7 @@ class Predictor:
         dev = resolve_device(str(device))
         self.model.to(dev)
         self._thing_lut = self._thing_lut.to(dev)
+        self._stuff_lut = self._stuff_lut.to(dev)
         self.dense.moved_to(dev)
         if dev.type == "cpu" and self.dtype == torch.float16:
             self.dtype = torch.float32
@@ -141,38 +182,71 @@ class Predictor:
         p, sem_logits = self.dense(x, self.dtype)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             raw = self.model.predict_from_features(p, sem_logits)
-        results = []
         t2 = time.perf_counter()
-        for i, f in enumerate(frames):
-            det = raw.detections[i]
-            fused = panoptic_fusion(
-                raw.semantic_logits[i].float(), det.boxes.float(), self._thing_lut[det.labels - 1], det.scores.float(),
-                det.mask_logits.float(), thing_ids=self._thing_ids, stuff_ids=self._stuff_ids,
-                score_threshold=self.fusion.score_threshold, overlap_threshold=self.fusion.overlap_threshold,
-                min_stuff_area=self.fusion.min_stuff_area)
-            results.append(self._to_result(fused, det, f.shape[:2]))
+        if self.batch_fusion:
+            fused = self._fuse_batch(raw)
+        else:
+            fused = [self._fuse_one(raw.semantic_logits[i], det) for i, det in enumerate(raw.detections)]
+        results = self._collect(fused, raw.detections, [f.shape[:2] for f in frames])
         t3 = time.perf_counter()
         for r in results:
             r.timings_ms.update(preprocess=(t1 - t0) * 1e3 / len(frames), network=(t2 - t1) * 1e3 / len(frames),
                                 fusion=(t3 - t2) * 1e3 / len(frames))
         return results
 
-    def _to_result(self, fused: FusionOutput, det, out_hw: tuple[int, int]) -> PanopticResult:
-        class_map, instance_map = fused.class_map, fused.instance_map
-        if tuple(class_map.shape) != tuple(out_hw):
-            class_map = F.interpolate(class_map[None, None].float(), size=out_hw, mode="nearest")[0, 0].to(torch.uint8)
-            instance_map = F.interpolate(instance_map[None, None].float(), size=out_hw,
-                                         mode="nearest")[0, 0].to(torch.int32)
-        k = len(fused.keep)
-        boxes = masks_to_boxes(instance_map, k)
-        areas = torch.bincount(instance_map.flatten().long(), minlength=k + 1)[1:k + 1]
-        keep = fused.keep
-        classes = self._thing_lut[det.labels[keep] - 1] if k else torch.zeros(0, dtype=torch.long)
-        return PanopticResult(
-            class_map=class_map.cpu().numpy(), instance_map=instance_map.cpu().numpy(),
-            classes=classes.cpu().numpy().astype(np.int64), scores=det.scores[keep].float().cpu().numpy(),
-            boxes_xyxy=boxes.cpu().numpy(), embeddings=det.embeddings[keep].float().cpu().numpy(),
-            areas_px=areas.cpu().numpy().astype(np.int64))
+    def _fusion_kwargs(self) -> dict:
+        f = self.fusion
+        return dict(thing_ids=self._thing_lut, stuff_ids=self._stuff_lut, score_threshold=f.score_threshold,
+                    overlap_threshold=f.overlap_threshold, min_stuff_area=f.min_stuff_area)
+
+    def _fuse_one(self, semantic_logits: torch.Tensor, det) -> _Fused:
+        out = panoptic_fusion(semantic_logits.float(), det.boxes.float(), self._thing_lut[det.labels - 1],
+                              det.scores.float(), det.mask_logits.float(), **self._fusion_kwargs())
+        rank = torch.zeros(len(det.scores), dtype=torch.long, device=self.device)
+        rank[out.keep] = torch.arange(1, len(out.keep) + 1, device=self.device)
+        return _Fused(out.class_map, out.instance_map, rank)
+
+    def _fuse_batch(self, raw) -> list[_Fused]:
+        dets = raw.detections
+        out = panoptic_fusion_batch(
+            raw.semantic_logits.float(), pad_instances([d.boxes.float() for d in dets]),
+            pad_instances([self._thing_lut[d.labels - 1] for d in dets]),
+            pad_instances([d.scores.float() for d in dets]), pad_instances([d.mask_logits.float() for d in dets]),
+            pad_instances([torch.ones(len(d.scores), dtype=torch.bool, device=self.device) for d in dets], False),
+            **self._fusion_kwargs())
+        return [_Fused(out.class_map[i], out.instance_map[i], out.rank[i, :len(d.scores)])
+                for i, d in enumerate(dets)]
+
+    def _collect(self, fused: list[_Fused], dets: list, sizes: list[tuple[int, int]]) -> list[PanopticResult]:
+        """Upsample, box and count on the device, then copy everything to the host with one synchronisation."""
+        device_side = []
+        for f, det, out_hw in zip(fused, dets, sizes):
+            class_map, instance_map = f.class_map, f.instance_map
+            if tuple(class_map.shape) != tuple(out_hw):
+                class_map = F.interpolate(class_map[None, None].float(), size=out_hw,
+                                          mode="nearest")[0, 0].to(torch.uint8)
+                instance_map = F.interpolate(instance_map[None, None].float(), size=out_hw,
+                                             mode="nearest")[0, 0].to(torch.int32)
+            n = len(f.rank)  # output ids are 1..k with k <= n; what k is, the host learns after the copy
+            ids = instance_map.long().flatten()
+            areas = torch.zeros(n + 1, dtype=torch.long, device=ids.device).scatter_add_(0, ids, torch.ones_like(ids))
+            device_side.append((class_map, instance_map, masks_to_boxes(instance_map, n), areas[1:], f.rank,
+                                self._thing_lut[det.labels - 1], det.scores.float(), det.embeddings.float()))
+        host = [[t.to("cpu", non_blocking=True) for t in group] for group in device_side]
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # the batch's one host synchronisation
+        results = []
+        for class_map, instance_map, boxes, areas, rank, classes, scores, embeddings in host:
+            rank = rank.numpy()
+            order = np.argsort(rank, kind="stable")
+            order = order[rank[order] > 0]  # input index of output id 1, 2, ...
+            k = len(order)
+            results.append(PanopticResult(
+                class_map=class_map.numpy(), instance_map=instance_map.numpy(),
+                classes=classes.numpy()[order].astype(np.int64), scores=scores.numpy()[order],
+                boxes_xyxy=boxes.numpy()[:k], embeddings=embeddings.numpy()[order],
+                areas_px=areas.numpy()[:k].astype(np.int64)))
+        return results
 
 
 def masks_to_boxes(instance_map: torch.Tensor, k: int) -> torch.Tensor:

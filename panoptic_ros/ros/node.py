@@ -437,6 +437,8 @@ class PanopticNode(Node):
         self._stop.set()
         self._wake.set()
         self._worker.join(timeout=30.0)
+        if not self._worker.is_alive():
+            self.pipeline.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,92 @@
+"""The batched, synchronisation-free fusion (CUDA's) against the per-instance one (the CPU's).
+
+The hand-made exact cases of test_fusion.py run through both; here random
+scenes (overlapping boxes, boxes across the border, padding) and the shipped
+model's real outputs check that the two agree.
+"""
+import numpy as np
+import pytest
+import torch
+
+from panoptic_ros.model.fusion import pad_instances, panoptic_fusion, panoptic_fusion_batch
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_batch_fusion_agrees_with_per_instance_fusion_on_random_scenes(seed):
+    g = torch.Generator().manual_seed(seed)
+    c, h, w = 6, 48, 64
+    things, stuff = [3, 4, 5], [0, 1, 2]
+    images = []
+    for _ in range(3):
+        n = int(torch.randint(0, 9, (1,), generator=g))
+        xy = torch.rand((n, 2), generator=g) * torch.tensor([w - 8.0, h - 8.0]) - 4
+        wh = 4 + torch.rand((n, 2), generator=g) * 30
+        images.append(dict(
+            logits=torch.randn((c, h, w), generator=g) * 4,
+            boxes=torch.cat([xy, xy + wh], 1), classes=torch.tensor(things)[torch.randint(0, 3, (n,), generator=g)],
+            scores=torch.rand(n, generator=g), masks=torch.randn((n, 7, 7), generator=g) * 5))
+    kw = dict(thing_ids=things, stuff_ids=stuff, score_threshold=0.3, overlap_threshold=0.4, min_stuff_area=20)
+    valid = pad_instances([torch.ones(len(im["scores"]), dtype=torch.bool) for im in images], False)
+    batch = panoptic_fusion_batch(torch.stack([im["logits"] for im in images]),
+                                  pad_instances([im["boxes"] for im in images]),
+                                  pad_instances([im["classes"] for im in images]),
+                                  pad_instances([im["scores"] for im in images]),
+                                  pad_instances([im["masks"] for im in images]), valid, **kw)
+    for i, im in enumerate(images):
+        one = panoptic_fusion(im["logits"], im["boxes"], im["classes"], im["scores"], im["masks"], **kw)
+        assert (batch.class_map[i] == one.class_map).float().mean() > 0.999
+        assert (batch.instance_map[i] == one.instance_map).float().mean() > 0.999
+        rank = batch.rank[i, :len(im["scores"])]
+        assert [int(j) for j in torch.argsort(rank) if rank[j] > 0] == one.keep.tolist()
+
+
+@pytest.fixture(scope="module")
+def street_frames():
+    from panoptic_ros.model.evaluation import synthetic_frames
+    return [f.image for f in synthetic_frames(100_950, 3, 1, 256, 512)]
+
+
+def _same(a, b) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.class_map, y.class_map)
+        np.testing.assert_array_equal(x.instance_map, y.instance_map)
+        np.testing.assert_array_equal(x.classes, y.classes)
+        np.testing.assert_array_equal(x.boxes_xyxy, y.boxes_xyxy)
+        np.testing.assert_array_equal(x.areas_px, y.areas_px)
+        np.testing.assert_allclose(x.scores, y.scores)
+        np.testing.assert_allclose(x.embeddings, y.embeddings)
+
+
+def test_predictor_batch_fusion_equals_per_instance_fusion_on_the_shipped_model(street_frames):
+    from panoptic_ros.model.predictor import Predictor
+    from panoptic_ros.pipeline import default_model_path
+
+    host = Predictor.from_file(default_model_path(), device="cpu", fusion_mode="per_instance")
+    batch = Predictor.from_file(default_model_path(), device="cpu", fusion_mode="batch")
+    assert not host.batch_fusion and batch.batch_fusion
+    a, b = host.predict(street_frames), batch.predict(street_frames)
+    assert sum(r.num_instances for r in a) >= 10  # real scenes with cars, not empty frames
+    _same(a, b)
+    # Boxes and areas are those of the fused masks, per output id.
+    for r in b:
+        for i in range(r.num_instances):
+            ys, xs = np.nonzero(r.instance_map == i + 1)
+            assert r.areas_px[i] == len(ys)
+            np.testing.assert_array_equal(r.boxes_xyxy[i], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+
+
+def test_roi_heads_drop_what_fusion_drops_and_that_loses_nothing(street_frames):
+    from panoptic_ros.model.predictor import Predictor
+    from panoptic_ros.pipeline import default_model_path
+
+    fast = Predictor.from_file(default_model_path(), device="cpu")
+    heads = fast.model.instance_head.roi_heads
+    assert 0.49 < heads.score_thresh < 0.5  # just below fusion's 0.5: torchvision keeps scores strictly above
+    a = fast.predict(street_frames)
+    heads.score_thresh = fast.card.config.box_score_thresh  # what the heads did before (0.05)
+    _same(a, fast.predict(street_frames))
+    fast.with_fusion(score_threshold=0.3)  # a runtime change of the fusion threshold moves the heads' too
+    assert 0.29 < heads.score_thresh < 0.3
+    with pytest.raises(ValueError, match="fusion_mode must be one of"):
+        Predictor.from_file(default_model_path(), device="cpu", fusion_mode="gpu")
