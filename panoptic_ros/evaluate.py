@@ -151,6 +151,7 @@ class SequenceScore:
     events: EventSwitchResult | None  # None: the ground truth does not say which objects are hidden
     timeline: IdTimeline
     latencies_ms: list[float]
+    untracked: bool = False  # the predictions say they carry no track ids (``predict`` without ``--track``)
 
 
 @dataclass
@@ -448,7 +449,9 @@ def _evaluate_dataset(unit: EvaluationUnit) -> UnitResult:
     if "processing_ms" in components:
         scorer.latencies_ms = list(components["processing_ms"])
     if scorer.num_frames:
-        result.sequences.append(scorer.finish())
+        score = scorer.finish()
+        score.untracked = getattr(pred_ds, "info", {}).get("tracked") is False
+        result.sequences.append(score)
     result.components_ms = components
     return result
 
@@ -563,6 +566,15 @@ class EvaluationReport:
     failures: list[str] = field(default_factory=list)
     run: dict[str, Any] = field(default_factory=dict)
 
+    # Video and tracking metrics need ids that persist across frames; per-frame segment ids make them noise.
+    VIDEO_KEYS = ("vpq", "stq", "idf1", "hota", "mota", "id_switches", "occlusion_events", "occlusion_id_switches",
+                  "occlusion_keep_rate")
+
+    @property
+    def untracked(self) -> bool:
+        """Some sequence's predictions carry no track ids: video and tracking metrics are reported as None."""
+        return any(s.untracked for s in self.sequences)
+
     @classmethod
     def merge(cls, pred: str, gt: str, units: Sequence[UnitResult], failures: Sequence[str] = ()) -> "EvaluationReport":
         """Merge unit results in the given order (callers sort them by name). ValueError when none has a sequence."""
@@ -610,7 +622,7 @@ class EvaluationReport:
             "latency_p50_ms": lat["p50"] if lat else None, "latency_p99_ms": lat["p99"] if lat else None,
             "frames": self.num_frames,
             "frames_without_prediction": sum(s.num_missing for s in self.sequences),
-        }
+        } | (dict.fromkeys(self.VIDEO_KEYS) if self.untracked else {})
 
     def to_dict(self) -> dict[str, Any]:
         events = []
@@ -621,6 +633,7 @@ class EvaluationReport:
                                "id_after": o.hyp_after})
         return {
             "format": REPORT_FORMAT, "pred": self.pred, "gt": self.gt, "summary": self.summary(),
+            "tracked": not self.untracked,
             "counts": {"sequences": len(self.sequences), "frames": self.num_frames,
                        "frames_without_prediction": sum(s.num_missing for s in self.sequences),
                        "predictions_without_ground_truth": sum(s.num_unmatched for s in self.sequences)},
@@ -644,7 +657,9 @@ class EvaluationReport:
                 "mota": _f(t.clear.mota), "id_switches": t.clear.num_switches,
                 "occlusion_events": s.events.num_events if s.events else None,
                 "occlusion_id_switches": s.events.num_switches if s.events else None,
-                "latency_p50_ms": lat["p50"] if lat else None}
+                "latency_p50_ms": lat["p50"] if lat else None} | (
+            {k: None for k in ("idf1", "hota", "mota", "id_switches", "occlusion_events", "occlusion_id_switches")}
+            if s.untracked else {})
 
 
 def evaluate(pred: str | Path, gt: str | Path, options: EvaluateOptions = EvaluateOptions(),
@@ -813,6 +828,10 @@ def _error(message: str) -> None:
     print(f"panoptic-ros evaluate: error: {message}", file=sys.stderr)
 
 
+UNTRACKED_NOTE = ("VPQ, STQ, IDF1, HOTA, MOTA, ID switches: n/a, the predictions carry no track ids (written by "
+                  "`panoptic-ros predict` without --track)")
+
+
 def summary_text(report: EvaluationReport, files: Sequence[Path]) -> str:
     s = report.summary()
 
@@ -823,10 +842,13 @@ def summary_text(report: EvaluationReport, files: Sequence[Path]) -> str:
     lines = [f"evaluated {len(report.sequences)} sequence(s), {s['frames']} frame(s) "
              f"({s['frames_without_prediction']} without prediction)",
              f"PQ {pct('pq')} (things {pct('pq_things')}, stuff {pct('pq_stuff')})  SQ {pct('sq')}  RQ {pct('rq')}  "
-             f"mIoU {pct('miou')}",
-             f"VPQ {pct('vpq')}  STQ {pct('stq')}  IDF1 {pct('idf1')}  HOTA {pct('hota')}  MOTA {pct('mota')}  "
-             f"ID switches {s['id_switches']}"]
-    if report.events is not None:
+             f"mIoU {pct('miou')}"]
+    if report.untracked:
+        lines.append(UNTRACKED_NOTE)
+    else:
+        lines.append(f"VPQ {pct('vpq')}  STQ {pct('stq')}  IDF1 {pct('idf1')}  HOTA {pct('hota')}  MOTA {pct('mota')}  "
+                     f"ID switches {s['id_switches']}")
+    if report.events is not None and not report.untracked:
         lines.append(f"occlusion events {report.events.num_events}: {report.events.num_kept} kept, "
                      f"{report.events.num_switches} switched, {report.events.num_lost} lost, "
                      f"{report.events.num_untracked_before} untracked before")

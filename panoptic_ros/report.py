@@ -36,6 +36,10 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{100.0 * v:.1f}"
 
 
+def _count(v: int | None) -> str:
+    return "n/a" if v is None else str(v)
+
+
 # --------------------------------------------------------------------------- plots
 
 
@@ -187,7 +191,10 @@ def report_markdown(report: "EvaluationReport", plots: dict[str, Path], comparis
                      "ID switches"],
                     [[_pct(s["pq"]), _pct(s["sq"]), _pct(s["rq"]), _pct(s["pq_things"]), _pct(s["pq_stuff"]),
                       _pct(s["miou"]), _pct(s["vpq"]), _pct(s["stq"]), _pct(s["idf1"]), _pct(s["hota"]),
-                      _pct(s["mota"]), str(s["id_switches"])]], align="r" * 12)
+                      _pct(s["mota"]), _count(s["id_switches"])]], align="r" * 12)
+    if report.untracked:
+        from panoptic_ros.evaluate import UNTRACKED_NOTE
+        lines += ["", UNTRACKED_NOTE + "."]
     if comparison is not None:
         lines += ["", "## Comparison", "", comparison.to_markdown().rstrip()]
     lines += ["", "## Panoptic quality per class", "", f"![per-class PQ]({plots[PQ_PLOT].name})", ""]
@@ -243,7 +250,7 @@ def report_markdown(report: "EvaluationReport", plots: dict[str, Path], comparis
     lines += ["## Sequences", ""]
     lines += _table(["sequence", "frames", "no prediction", "PQ", "IDF1", "HOTA", "ID switches"],
                     [[d["name"], str(d["frames"]), str(d["frames_without_prediction"]), _pct(d["pq"]), _pct(d["idf1"]),
-                      _pct(d["hota"]), str(d["id_switches"])] for d in (report.sequence_summary(q) for q in
+                      _pct(d["hota"]), _count(d["id_switches"])] for d in (report.sequence_summary(q) for q in
                                                                        report.sequences)])
     return "\n".join(lines) + "\n"
 

@@ -78,3 +78,16 @@ def test_predict_track_writes_track_ids_consistent_across_a_sequence(tmp_path):
     assert main(args + ["--out", str(tmp_path / "plain")]) == 0
     plain = {(f.sequence, f.frame_index): f for f in CocoPanopticDataset(tmp_path / "plain")}
     assert set(np.unique(plain[("a", 0)].instance[plain[("a", 0)].instance > 0]).tolist())  # per-frame ids
+    # evaluate knows which is which: video/tracking metrics only for the tracked predictions.
+    assert CocoPanopticDataset(tmp_path / "tracked").info["tracked"] is True
+    assert CocoPanopticDataset(tmp_path / "plain").info["tracked"] is False
+    from panoptic_ros.evaluate import evaluate
+    tracked = evaluate(tmp_path / "tracked", tmp_path / "gt")
+    plain_report = evaluate(tmp_path / "plain", tmp_path / "gt")
+    assert not tracked.untracked and tracked.summary()["id_switches"] is not None
+    assert plain_report.untracked and plain_report.to_dict()["tracked"] is False
+    s = plain_report.summary()
+    assert s["pq"] is not None and all(s[k] is None for k in ("vpq", "stq", "idf1", "hota", "mota", "id_switches"))
+    assert main(["evaluate", "--pred", str(tmp_path / "plain"), "--gt", str(tmp_path / "gt"),
+                 "--out", str(tmp_path / "ev")]) == 0
+    assert "no track ids" in (tmp_path / "ev" / "report.md").read_text()

@@ -342,3 +342,4 @@ def test_command_end_to_end_writes_json_md_and_pictures(tmp_path, tiny_model) ->
     md = (out / "compare.md").read_text()
     assert "## Input: gt-degraded" in md and "## Input: model" in md
     assert md.count("| ours-noemb |") == 2
+    assert "compatible_classes=[person:rider; car:truck;" in md  # list-valued parameters are listed too

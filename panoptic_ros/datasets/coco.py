@@ -304,7 +304,9 @@ def decode_segments(ids_hw: np.ndarray, segments_info: list[dict], train_id_of_c
 class CocoPanopticWriter(FrameWriter):
     """Writes PanopticFrames as a COCO panoptic split; frames stream to disk, the json is written on close."""
 
-    def __init__(self, root: str | Path, split: str = "train", classes: ClassTable = CITYSCAPES) -> None:
+    def __init__(self, root: str | Path, split: str = "train", classes: ClassTable = CITYSCAPES,
+                 info: dict | None = None) -> None:
+        """``info``: extra entries for the json's ``info`` (``predict`` says there whether ids are track ids)."""
         if not re.fullmatch(r"[A-Za-z0-9_-]+", split):
             raise DatasetError(f"split name {split!r} must be letters, digits, '-' or '_'")
         self.root = Path(root)
@@ -320,6 +322,7 @@ class CocoPanopticWriter(FrameWriter):
         self._images: list[dict] = []
         self._annotations: list[dict] = []
         self._stems: set[str] = set()
+        self._info = dict(info or {})
 
     def add(self, frame: PanopticFrame) -> None:
         groups = check_frame(frame, self.classes)
@@ -359,7 +362,8 @@ class CocoPanopticWriter(FrameWriter):
                       for c in self.classes.classes]
         doc = {"info": {"description": "panoptic ground truth written by panoptic_ros",
                         "segment_ids": "things: track id; stuff and thing pixels without a track id: "
-                                       f"{STUFF_SEGMENT_BASE} + category id; category id = train id"},
+                                       f"{STUFF_SEGMENT_BASE} + category id; category id = train id",
+                        **self._info},
                "licenses": [], "images": self._images, "annotations": self._annotations, "categories": categories}
         with self.json_path.open("w") as f:
             json.dump(doc, f)
@@ -418,6 +422,7 @@ class CocoPanopticDataset:
         where = str(self.json_path)
         if not isinstance(doc, dict) or not all(k in doc for k in ("images", "annotations", "categories")):
             raise DatasetError(f"{where}: not a COCO panoptic file (needs 'images', 'annotations', 'categories')")
+        self.info: dict = doc["info"] if isinstance(doc.get("info"), dict) else {}
         if not self.png_dir.is_dir():
             raise DatasetError(f"missing segment PNG folder {self.png_dir} next to {self.json_path.name}")
         self.image_dir = next((d for d in (self.root / "images" / split, self.root / split, self.root / "images")

@@ -58,7 +58,8 @@ def predict_to_coco(predictor, frames: Iterator[PanopticFrame], out: Path, batch
     confirmed as tracks carry no id, as in the node's panoptic image."""
     from panoptic_ros.datasets.coco import CocoPanopticWriter
 
-    writer = CocoPanopticWriter(out, "pred", predictor.classes)
+    writer = CocoPanopticWriter(out, "pred", predictor.classes, info={
+        "description": "panoptic predictions written by panoptic-ros predict", "tracked": track})
     from panoptic_ros.params import TrackerParams
     from panoptic_ros.pipeline import CameraFrame, Pipeline
 

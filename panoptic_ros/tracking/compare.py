@@ -653,10 +653,19 @@ def markdown(report: CompareReport) -> str:
                   f"{BAR_MIN_IDF1:.2f}): **{verdict}**", ""]
     lines += ["## Tracker parameters", ""]
     for name, params in report.tracker_parameters.items():
-        items = ", ".join(f"{k}={v}" for k, v in params.items() if not isinstance(v, (list, dict)))
+        items = ", ".join(f"{k}={_param_text(v)}" for k, v in params.items())
         lines.append(f"- **{name}**: {items}")
     lines.append("")
     return "\n".join(lines)
+
+
+def _param_text(v: object) -> str:
+    """A parameter value as one token: lists as ``[a; b]`` (commas separate the parameters)."""
+    if isinstance(v, (list, tuple)):
+        return "[" + "; ".join(_param_text(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + "; ".join(f"{k}: {_param_text(x)}" for k, x in v.items()) + "}"
+    return str(v)
 
 
 def plot_scores(report: CompareReport, path: Path) -> None:
