@@ -15,6 +15,8 @@ Written for the lent GPU machine (one short run; see docs/PERFORMANCE.md, "GPU")
 3. ``panoptic-ros bench`` at 1024x2048 and 512x1024, batch 1 and 6, every variant (ours with
    CUDA graphs, ours eager, ours torch.compile, ours fp32, the torchvision baseline) with the PQ
    check of each optimisation; its bench.md / bench.json / latency.png land in --out.
+4. ``tools/bench_host.py``: the host's per-frame work at 1024x2048 (tracking, encoding, overlay) and a
+   6-camera batch finished serially and with ``tracking_threads: 0``, on this machine's many cores.
 
 Exit status 0 only if every check passed. Nothing here downloads anything.
 """
@@ -136,6 +138,11 @@ def main() -> int:
               "--iterations", str(args.iterations), "--warmup", "5", "--accuracy-frames", "24",
               "--out", str(args.out / "bench")])
     out["bench_exit"] = rc
+    import subprocess
+    host = subprocess.run([sys.executable, str(REPO / "tools" / "bench_host.py"), "--json",
+                           str(args.out / "bench_host.json")], capture_output=True, text=True)
+    print(host.stdout[-2000:], host.stderr[-2000:], flush=True)
+    out["bench_host_exit"] = host.returncode
     out["ok"] = ok and rc == 0
     (args.out / "gpu_check.json").write_text(json.dumps(out, indent=2))
     print("gpu_check:", "all checks passed" if out["ok"] else "FAILED (see gpu_check.json)")
