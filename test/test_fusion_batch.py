@@ -90,3 +90,30 @@ def test_roi_heads_drop_what_fusion_drops_and_that_loses_nothing(street_frames):
     assert 0.29 < heads.score_thresh < 0.3
     with pytest.raises(ValueError, match="fusion_mode must be one of"):
         Predictor.from_file(default_model_path(), device="cpu", fusion_mode="gpu")
+
+
+@pytest.mark.parametrize("out_hw", [(256, 512), (1024, 2048), (720, 1280), (1080, 1920), (300, 333), (100, 200),
+                                    (129, 1000), (32, 64), (50, 200)])
+def test_nearest_grid_equals_interpolate_and_full_resolution_boxes_and_areas(out_hw):
+    """Id maps resized by index look-ups equal F.interpolate(nearest); boxes and areas derived from the small
+    map (frames at least the network size) equal those counted on the resized map."""
+    import torch.nn.functional as F
+
+    from panoptic_ros.model.predictor import NearestGrid, masks_to_boxes
+
+    g = torch.Generator().manual_seed(out_hw[0])
+    small = torch.zeros((64, 128), dtype=torch.int32)
+    n = 7
+    for i in range(1, n):  # rectangles and scattered pixels, some overlapping, one id (7) absent
+        y, x = int(torch.randint(0, 60, (1,), generator=g)), int(torch.randint(0, 120, (1,), generator=g))
+        small[y:y + int(torch.randint(1, 20, (1,), generator=g)), x:x + int(torch.randint(1, 30, (1,), generator=g))] = i
+    small[torch.randint(0, 64, (20,), generator=g), torch.randint(0, 128, (20,), generator=g)] = 3
+    grid = NearestGrid((64, 128), out_hw, torch.device("cpu"))
+    big = grid.resize(small)
+    np.testing.assert_array_equal(big.numpy(), F.interpolate(small[None, None].float(), size=out_hw,
+                                                             mode="nearest")[0, 0].int().numpy())
+    boxes, areas = grid.boxes_and_areas(small, big, n)
+    want_areas = torch.bincount(big.flatten().long(), minlength=n + 1)[1:n + 1]
+    np.testing.assert_array_equal(areas.numpy(), want_areas.numpy())
+    present = want_areas > 0
+    np.testing.assert_array_equal(boxes[present].numpy(), masks_to_boxes(big, n)[present].numpy())

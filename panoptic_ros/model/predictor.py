@@ -105,6 +105,7 @@ class Predictor:
         self._stuff_ids = list(cfg.classes.stuff_ids)
         self._thing_lut = torch.tensor(self._thing_ids, dtype=torch.long, device=self.device)
         self._stuff_lut = torch.tensor(self._stuff_ids, dtype=torch.long, device=self.device)
+        self._grids: dict[tuple, NearestGrid] = {}  # (network size, frame size) -> id-map resizing
         self._apply_score_threshold()
 
     @classmethod
@@ -194,6 +195,15 @@ class Predictor:
                                 fusion=(t3 - t2) * 1e3 / len(frames))
         return results
 
+    def _resize_grid(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> "NearestGrid":
+        key = (in_hw, out_hw)
+        grid = self._grids.get(key)
+        if grid is None or grid.rows.device != self.device:
+            if len(self._grids) > 16:  # a stream of odd frame sizes must not grow this without bound
+                self._grids.clear()
+            grid = self._grids[key] = NearestGrid(in_hw, out_hw, self.device)
+        return grid
+
     def _fusion_kwargs(self) -> dict:
         f = self.fusion
         return dict(thing_ids=self._thing_lut, stuff_ids=self._stuff_lut, score_threshold=f.score_threshold,
@@ -221,17 +231,12 @@ class Predictor:
         """Upsample, box and count on the device, then copy everything to the host with one synchronisation."""
         device_side = []
         for f, det, out_hw in zip(fused, dets, sizes):
-            class_map, instance_map = f.class_map, f.instance_map
-            if tuple(class_map.shape) != tuple(out_hw):
-                class_map = F.interpolate(class_map[None, None].float(), size=out_hw,
-                                          mode="nearest")[0, 0].to(torch.uint8)
-                instance_map = F.interpolate(instance_map[None, None].float(), size=out_hw,
-                                             mode="nearest")[0, 0].to(torch.int32)
             n = len(f.rank)  # output ids are 1..k with k <= n; what k is, the host learns after the copy
-            ids = instance_map.long().flatten()
-            areas = torch.zeros(n + 1, dtype=torch.long, device=ids.device).scatter_add_(0, ids, torch.ones_like(ids))
-            device_side.append((class_map, instance_map, masks_to_boxes(instance_map, n), areas[1:], f.rank,
-                                self._thing_lut[det.labels - 1], det.scores.float(), det.embeddings.float()))
+            grid = self._resize_grid(tuple(f.class_map.shape), tuple(out_hw))
+            class_map, instance_map = grid.resize(f.class_map), grid.resize(f.instance_map)
+            boxes, areas = grid.boxes_and_areas(f.instance_map, instance_map, n)
+            device_side.append((class_map, instance_map, boxes, areas, f.rank, self._thing_lut[det.labels - 1],
+                                det.scores.float(), det.embeddings.float()))
         host = [[t.to("cpu", non_blocking=True) for t in group] for group in device_side]
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the batch's one host synchronisation
@@ -249,10 +254,61 @@ class Predictor:
         return results
 
 
+class NearestGrid:
+    """Nearest-neighbour resizing of id maps from the network's size to a frame's, as index look-ups.
+
+    The indices are PyTorch's own ``nearest`` rule (source = floor(destination x in / out), in float32),
+    so the maps equal ``F.interpolate(..., mode="nearest")``'s without the round trip through float.
+    When the frame is at least as large as the network input (every source row and column is used),
+    the boxes and areas of the resized instance map follow from the small map: each source pixel
+    stands for a known block of frame pixels. Built once per pair of sizes, on the device.
+    """
+
+    def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int], device: torch.device) -> None:
+        self.in_hw, self.out_hw = in_hw, out_hw
+        self.identity = in_hw == out_hw
+        rows, cols = (_nearest_index(i, o) for i, o in zip(in_hw, out_hw))  # built on the CPU, then moved
+        self.rows, self.cols = rows.to(device), cols.to(device)
+        self.upsampling = out_hw[0] >= in_hw[0] and out_hw[1] >= in_hw[1]
+        if self.upsampling:
+            rm = torch.bincount(rows, minlength=in_hw[0])  # frame rows per source row (>= 1)
+            cm = torch.bincount(cols, minlength=in_hw[1])
+            self.weights = (rm[:, None] * cm[None, :]).flatten().to(device)
+            self.row_start, self.row_count = (torch.cumsum(rm, 0) - rm).to(device), rm.to(device)
+            self.col_start, self.col_count = (torch.cumsum(cm, 0) - cm).to(device), cm.to(device)
+
+    def resize(self, id_map: torch.Tensor) -> torch.Tensor:
+        return id_map if self.identity else id_map.index_select(0, self.rows).index_select(1, self.cols)
+
+    def boxes_and_areas(self, small: torch.Tensor, resized: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, 4) float xyxy boxes and (n,) int64 pixel counts of ids 1..n of ``resized`` (= resize(small))."""
+        if not self.upsampling:
+            ids = resized.long().flatten()
+            areas = torch.zeros(n + 1, dtype=torch.long, device=ids.device).scatter_add_(0, ids, torch.ones_like(ids))
+            return masks_to_boxes(resized, n), areas[1:]
+        ids = small.long().flatten()
+        areas = torch.zeros(n + 1, dtype=torch.long, device=ids.device).scatter_add_(0, ids, self.weights)[1:]
+        if n == 0:
+            return torch.zeros((0, 4), dtype=torch.float32, device=ids.device), areas
+        x1, y1, x2, y2 = masks_to_boxes(small, n).long().unbind(1)  # ids without pixels: garbage, sliced off later
+        h, w = self.in_hw
+        x1, x2 = x1.clamp(0, w - 1), (x2 - 1).clamp(0, w - 1)
+        y1, y2 = y1.clamp(0, h - 1), (y2 - 1).clamp(0, h - 1)
+        boxes = torch.stack([self.col_start[x1], self.row_start[y1], self.col_start[x2] + self.col_count[x2],
+                             self.row_start[y2] + self.row_count[y2]], dim=1)
+        return boxes.float(), areas
+
+
+def _nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+    if n_in == n_out:
+        return torch.arange(n_out)
+    return (torch.arange(n_out, dtype=torch.float32) * (n_in / n_out)).floor().long().clamp(max=n_in - 1)
+
+
 def masks_to_boxes(instance_map: torch.Tensor, k: int) -> torch.Tensor:
     """(H, W) ids 1..k -> (k, 4) float xyxy boxes of each id's pixels (x2/y2 exclusive)."""
     if k == 0:
-        return torch.zeros((0, 4), dtype=torch.float32)
+        return torch.zeros((0, 4), dtype=torch.float32, device=instance_map.device)
     h, w = instance_map.shape
     ids = instance_map.long().flatten()
     ys = torch.arange(h, device=ids.device).repeat_interleave(w)
