@@ -10,13 +10,14 @@ R50-FPN + semantic FPN head, fp32 eager), all measured in the same run, since
 absolute times drift between machines and days.
 
 Variants:
-- ``ours``: the deployment setting, the node's defaults (fp16 autocast, channels-last, the dense part
-  as replayed CUDA graphs and the batched fusion with one host synchronisation per batch on CUDA;
-  fp32 eager with per-instance fusion on CPU);
+- ``ours``: the deployment setting, the node's defaults (on CUDA: fp16 autocast, channels-last, the
+  dense part as replayed CUDA graphs, static detections and the batched fusion, so one host
+  synchronisation per batch; on CPU: fp32 eager, torchvision's detections, per-instance fusion);
 - ``ours-eager``: as ``ours`` without CUDA graphs (what the graphs buy);
 - ``ours-compile``: as ``ours`` with the dense part through ``torch.compile`` instead of CUDA graphs;
-- ``ours-hostfusion``: as ``ours`` with the per-instance fusion that decides on the host (what the
-  batched fusion buys);
+- ``ours-dynamic``: as ``ours`` with torchvision's dynamic RPN / RoI heads (what static detections buy);
+- ``ours-hostfusion``: as ``ours-dynamic`` with the per-instance fusion that decides on the host (what
+  the batched fusion buys on top);
 - ``ours-threads``: as ``ours`` with the cameras of a batch tracked and encoded in parallel threads
   (``tracking_threads: 0``; what they buy where the host's per-frame work limits a camera rig);
 - ``ours-fp32``: the same model, fp32, eager, default memory format, per-instance fusion;
@@ -77,18 +78,23 @@ def make_predictor(variant: str, model_path: str, device: str, size: tuple[int, 
         return BaselinePredictor(device=device, input_size=size)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    precision, dense_mode, channels_last, fusion_mode, _ = OUR_VARIANTS[variant]
-    return Predictor.from_file(resolve_model_path(model_path), device=str(dev), precision=precision,
-                               input_size=size, channels_last=channels_last, dense_mode=dense_mode,
-                               fusion_mode=fusion_mode)
+    settings = {k: v for k, v in OUR_VARIANTS[variant].items() if k != "tracking_threads"}
+    return Predictor.from_file(resolve_model_path(model_path), device=str(dev), input_size=size, **settings)
 
 
-# variant -> (precision, dense_mode, channels_last (None = on CUDA), fusion_mode, tracking_threads)
-OUR_VARIANTS = {"ours": ("auto", "auto", None, "auto", 1), "ours-eager": ("auto", "eager", None, "auto", 1),
-                "ours-compile": ("auto", "compile", None, "auto", 1),
-                "ours-hostfusion": ("auto", "auto", None, "per_instance", 1),
-                "ours-threads": ("auto", "auto", None, "auto", 0),
-                "ours-fp32": ("fp32", "eager", False, "per_instance", 1)}
+# variant -> Predictor settings (channels_last None = on CUDA) and the pipeline's tracking_threads
+_DEFAULTS = dict(precision="auto", dense_mode="auto", channels_last=None, fusion_mode="auto", detection_mode="auto",
+                 tracking_threads=1)
+OUR_VARIANTS = {
+    "ours": _DEFAULTS,
+    "ours-eager": {**_DEFAULTS, "dense_mode": "eager"},
+    "ours-compile": {**_DEFAULTS, "dense_mode": "compile"},
+    "ours-dynamic": {**_DEFAULTS, "detection_mode": "dynamic"},
+    "ours-hostfusion": {**_DEFAULTS, "detection_mode": "dynamic", "fusion_mode": "per_instance"},
+    "ours-threads": {**_DEFAULTS, "tracking_threads": 0},
+    "ours-fp32": {**_DEFAULTS, "precision": "fp32", "dense_mode": "eager", "channels_last": False,
+                  "fusion_mode": "per_instance", "detection_mode": "dynamic"},
+}
 
 
 @dataclass
@@ -142,7 +148,7 @@ def _sync(device: str) -> None:
 def run_variant(variant: str, model_path: str, device: str, size: tuple[int, int], batch: int,
                 frames: list[np.ndarray], iterations: int, warmup: int) -> tuple[BenchRow, list[float]]:
     predictor = make_predictor(variant, model_path, device, size)
-    threads = OUR_VARIANTS[variant][4] if variant in OUR_VARIANTS else 1
+    threads = OUR_VARIANTS[variant]["tracking_threads"] if variant in OUR_VARIANTS else 1
     pipeline = Pipeline(predictor, tracker=TrackerParams(), max_batch=batch, tracking_threads=threads)
     cams = [f"cam{c}" for c in range(batch)]
     if torch.cuda.is_available() and device != "cpu":
@@ -217,9 +223,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                   "256x512 on CPU)")
     p.add_argument("--batches", default="1,6", help="comma-separated batch sizes (6 = a six-camera rig)")
     p.add_argument("--variants", default=None, help="comma-separated, from ours, ours-eager, ours-compile, "
-                                                     "ours-hostfusion, ours-threads, ours-fp32, baseline (default: "
-                                                     "all on CUDA; ours,ours-fp32,baseline on CPU, where graphs do "
-                                                     "not apply)")
+                                                     "ours-dynamic, ours-hostfusion, ours-threads, ours-fp32, "
+                                                     "baseline (default: all on CUDA; ours,ours-fp32,baseline on "
+                                                     "CPU, where graphs do not apply)")
     p.add_argument("--accuracy-frames", type=int, default=12,
                    help="held-out frames each variant of ours is scored on (0 = skip the accuracy check)")
     p.add_argument("--max-pq-drop", type=float, default=0.005,
@@ -238,8 +244,8 @@ def run(args: argparse.Namespace) -> int:
     sizes = args.sizes or ("1024x2048,512x1024" if cuda else "256x512")
     sizes_hw = [tuple(int(v) for v in s.lower().split("x")) for s in sizes.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
-    variants = [v.strip() for v in (args.variants or ("ours,ours-eager,ours-compile,ours-hostfusion,ours-threads,ours-fp32,baseline" if cuda
-                                                        else "ours,ours-fp32,baseline")).split(",")]
+    cuda_default = "ours,ours-eager,ours-compile,ours-dynamic,ours-hostfusion,ours-threads,ours-fp32,baseline"
+    variants = [v.strip() for v in (args.variants or (cuda_default if cuda else "ours,ours-fp32,baseline")).split(",")]
     for v in variants:
         if v not in OUR_VARIANTS and v != "baseline":
             print(f"panoptic-ros bench: unknown variant {v!r}; known: {', '.join((*OUR_VARIANTS, 'baseline'))}",

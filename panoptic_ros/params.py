@@ -67,6 +67,11 @@ class ModelParams:
                                     "CUDA, else eager), eager, cuda_graph (captured per batch size, checked against "
                                     "eager on first use, eager where capture fails) or compile, through torch.compile",
                             choices=("auto", "eager", "cuda_graph", "compile"))
+    detection_mode: str = param("auto", "How proposals and detections are selected: auto (static on CUDA, else "
+                                        "dynamic), dynamic (torchvision's RPN and RoI heads: variable sizes, host "
+                                        "synchronisations on a GPU) or static (the same result on fixed-size tensors "
+                                        "with validity masks and Cluster-NMS: no host synchronisation)",
+                                choices=("auto", "dynamic", "static"))
     fusion_mode: str = param("auto", "How panoptic fusion runs: auto (batch on CUDA, else per_instance), per_instance "
                                      "(work confined to each box, decided on the host: fastest on a CPU) or batch "
                                      "(all frames and instances at once on the device, no host synchronisation "

@@ -30,10 +30,12 @@ from panoptic_ros.model.checkpoint import ModelCard, load_model
 from panoptic_ros.model.dense import DenseRunner
 from panoptic_ros.model.efficientps import EfficientPS
 from panoptic_ros.model.fusion import pad_instances, panoptic_fusion, panoptic_fusion_batch
+from panoptic_ros.model.static_heads import StaticDetections, StaticInstanceInference
 from panoptic_ros.panoptic import PanopticResult
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FUSION_MODES = ("auto", "per_instance", "batch")
+DETECTION_MODES = ("auto", "dynamic", "static")
 
 
 @dataclass(frozen=True)
@@ -72,14 +74,19 @@ class Predictor:
                  precision: str = "auto", fusion: FusionSettings = FusionSettings(),
                  max_detections: int | None = None, rpn_post_nms_top_n: int | None = None,
                  input_size: tuple[int, int] | None = None, channels_last: bool | None = None,
-                 dense_mode: str = "eager", fusion_mode: str = "auto") -> None:
+                 dense_mode: str = "eager", fusion_mode: str = "auto", detection_mode: str = "auto") -> None:
         """``channels_last``: NHWC activations (None = on CUDA, where convolutions are faster that way);
         ``dense_mode``: how the dense part runs (:mod:`panoptic_ros.model.dense`); ``fusion_mode``:
         per_instance (box-sized work per instance, decided on the host: fastest on a CPU), batch (all
-        images and instances at once on the device, no host synchronisation) or auto (batch on CUDA)."""
+        images and instances at once on the device, no host synchronisation) or auto (batch on CUDA);
+        ``detection_mode``: dynamic (torchvision's RPN/RoI heads), static (fixed shapes, no host
+        synchronisation: :mod:`panoptic_ros.model.static_heads`) or auto (static on CUDA)."""
         if fusion_mode not in FUSION_MODES:
             raise ValueError(f"fusion_mode must be one of {', '.join(FUSION_MODES)}, got {fusion_mode!r}")
+        if detection_mode not in DETECTION_MODES:
+            raise ValueError(f"detection_mode must be one of {', '.join(DETECTION_MODES)}, got {detection_mode!r}")
         self.fusion_mode = fusion_mode
+        self.detection_mode = detection_mode
         self.device = resolve_device(str(device))
         if channels_last is None:
             channels_last = self.device.type == "cuda"
@@ -90,6 +97,7 @@ class Predictor:
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.dense = DenseRunner(self.model, dense_mode, self.device)
+        self.static = StaticInstanceInference(self.model.instance_head)
         self.fusion = fusion
         self._box_score_thresh = float(self.model.instance_head.roi_heads.score_thresh)
         cfg = card.config
@@ -132,6 +140,10 @@ class Predictor:
         """
         below = math.nextafter(float(self.fusion.score_threshold), -math.inf)
         self.model.instance_head.roi_heads.score_thresh = max(self._box_score_thresh, below)
+
+    @property
+    def static_detections(self) -> bool:
+        return self.detection_mode == "static" or (self.detection_mode == "auto" and self.device.type == "cuda")
 
     @property
     def batch_fusion(self) -> bool:
@@ -182,13 +194,21 @@ class Predictor:
         t1 = time.perf_counter()
         p, sem_logits = self.dense(x, self.dtype)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            raw = self.model.predict_from_features(p, sem_logits)
+            if self.static_detections:
+                static = self.static.detections(p, (h, w))
+            else:
+                raw = self.model.predict_from_features(p, sem_logits)
         t2 = time.perf_counter()
-        if self.batch_fusion:
-            fused = self._fuse_batch(raw)
+        if self.static_detections and self.batch_fusion:
+            fused = self._fuse_static(sem_logits, static)
+            dets = static.per_image()
         else:
-            fused = [self._fuse_one(raw.semantic_logits[i], det) for i, det in enumerate(raw.detections)]
-        results = self._collect(fused, raw.detections, [f.shape[:2] for f in frames])
+            dets = static.compacted() if self.static_detections else raw.detections
+            if self.batch_fusion:
+                fused = self._fuse_batch(sem_logits, dets)
+            else:
+                fused = [self._fuse_one(sem_logits[i], det) for i, det in enumerate(dets)]
+        results = self._collect(fused, dets, [f.shape[:2] for f in frames])
         t3 = time.perf_counter()
         for r in results:
             r.timings_ms.update(preprocess=(t1 - t0) * 1e3 / len(frames), network=(t2 - t1) * 1e3 / len(frames),
@@ -216,10 +236,14 @@ class Predictor:
         rank[out.keep] = torch.arange(1, len(out.keep) + 1, device=self.device)
         return _Fused(out.class_map, out.instance_map, rank)
 
-    def _fuse_batch(self, raw) -> list[_Fused]:
-        dets = raw.detections
+    def _fuse_static(self, semantic_logits: torch.Tensor, det: StaticDetections) -> list[_Fused]:
+        out = panoptic_fusion_batch(semantic_logits.float(), det.boxes, self._thing_lut[det.labels - 1], det.scores,
+                                    det.mask_logits, det.valid, **self._fusion_kwargs())
+        return [_Fused(out.class_map[i], out.instance_map[i], out.rank[i]) for i in range(len(det.boxes))]
+
+    def _fuse_batch(self, semantic_logits: torch.Tensor, dets: list) -> list[_Fused]:
         out = panoptic_fusion_batch(
-            raw.semantic_logits.float(), pad_instances([d.boxes.float() for d in dets]),
+            semantic_logits.float(), pad_instances([d.boxes.float() for d in dets]),
             pad_instances([self._thing_lut[d.labels - 1] for d in dets]),
             pad_instances([d.scores.float() for d in dets]), pad_instances([d.mask_logits.float() for d in dets]),
             pad_instances([torch.ones(len(d.scores), dtype=torch.bool, device=self.device) for d in dets], False),
