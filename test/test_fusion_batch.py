@@ -117,3 +117,16 @@ def test_nearest_grid_equals_interpolate_and_full_resolution_boxes_and_areas(out
     np.testing.assert_array_equal(areas.numpy(), want_areas.numpy())
     present = want_areas > 0
     np.testing.assert_array_equal(boxes[present].numpy(), masks_to_boxes(big, n)[present].numpy())
+
+
+def test_batch_fusion_of_a_batch_without_any_instance():
+    logits = torch.randn((2, 4, 8, 10), generator=torch.Generator().manual_seed(1))
+    logits[:, 2:] -= 10  # thing channels low: every pixel is stuff
+    out = panoptic_fusion_batch(logits, torch.zeros((2, 0, 4)), torch.zeros((2, 0), dtype=torch.long),
+                                torch.zeros((2, 0)), torch.zeros((2, 0, 4, 4)), torch.zeros((2, 0), dtype=torch.bool),
+                                thing_ids=[2, 3], stuff_ids=[0, 1])
+    for i in range(2):
+        one = panoptic_fusion(logits[i], torch.zeros((0, 4)), torch.zeros(0, dtype=torch.long), torch.zeros(0),
+                              torch.zeros((0, 4, 4)), thing_ids=[2, 3], stuff_ids=[0, 1])
+        assert torch.equal(out.class_map[i], one.class_map) and not out.instance_map[i].any()
+    assert out.rank.shape == (2, 0) and out.survived.shape == (2, 0)

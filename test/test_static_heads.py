@@ -105,3 +105,24 @@ def test_predictor_with_static_detections_gives_the_dynamic_output(shipped, fusi
     with pytest.raises(ValueError, match="detection_mode must be one of"):
         Predictor(predictor.model, predictor.card, device="cpu", detection_mode="fixed")
 
+
+
+def test_odd_frames_and_sizes_in_batch_mode(shipped):
+    """Blank frames (the model still sees a bus in black) at the network size and smaller: static detections
+    with batched fusion give what the CPU defaults give, also when the heads keep nothing at all."""
+    predictor, _ = shipped
+    fast = Predictor(predictor.model, predictor.card, device="cpu", detection_mode="static", fusion_mode="batch")
+    blank = [np.zeros((256, 512, 3), np.uint8), np.full((200, 300, 3), 128, np.uint8)]
+    for threshold in (0.5, 1.0):  # 1.0: (almost) nothing passes the heads' score threshold
+        for p in (predictor, fast):
+            p.with_fusion(score_threshold=threshold)
+        try:
+            for a, b, f in zip(predictor.predict(blank), fast.predict(blank), blank):
+                assert b.class_map.shape == f.shape[:2]
+                np.testing.assert_array_equal(a.class_map, b.class_map)
+                np.testing.assert_array_equal(a.instance_map, b.instance_map)
+                np.testing.assert_array_equal(a.boxes_xyxy, b.boxes_xyxy)
+                np.testing.assert_array_equal(a.areas_px, b.areas_px)
+        finally:
+            for p in (predictor, fast):
+                p.with_fusion(score_threshold=0.5)

@@ -242,7 +242,8 @@ def panoptic_fusion_batch(semantic_logits: torch.Tensor, boxes: torch.Tensor, cl
     stuff_best, stuff_arg = logits[:, stuff_ids_t].max(1)
     is_inst = best > stuff_best
     class_map = stuff_ids_t[stuff_arg]
-    class_map = torch.where(is_inst, s_classes.gather(1, best_rank.view(b, -1)).view(b, h, w), class_map)
+    if n:  # (with no instances at all, nothing to look up: is_inst is False everywhere)
+        class_map = torch.where(is_inst, s_classes.gather(1, best_rank.view(b, -1)).view(b, h, w), class_map)
     class_map = torch.where((~is_inst) & is_thing_class[logits.argmax(1)], torch.full_like(class_map, VOID),
                             class_map)
 

@@ -117,7 +117,7 @@ def cluster_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
     return order, keep, changed
 
 
-def _first_slots(keep: torch.Tensor, scores_sorted: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _first_slots(keep: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` kept positions of score-sorted rows (padding with invalid slots): (index, valid)."""
     k = keep.shape[1]
     if n > k:
@@ -184,7 +184,7 @@ class StaticInstanceInference:
         valid &= scores >= rpn.score_thresh
         order, keep, changed = cluster_nms(boxes, scores, levels, valid, rpn.nms_thresh,
                                            self.settings.nms_iterations)
-        idx, ok = _first_slots(keep, scores.gather(1, order), rpn.post_nms_top_n())
+        idx, ok = _first_slots(keep, rpn.post_nms_top_n())
         sel = order.gather(1, idx)
         return boxes.gather(1, sel[..., None].expand(-1, -1, 4)), ok, ~changed
 
@@ -212,7 +212,7 @@ class StaticInstanceInference:
         pred, scores, labels, valid = (pred.gather(1, cand[..., None].expand(-1, -1, 4)), scores.gather(1, cand),
                                        labels.gather(1, cand), valid.gather(1, cand))
         order, keep, changed = cluster_nms(pred, scores, labels, valid, rh.nms_thresh, self.settings.nms_iterations)
-        idx, ok = _first_slots(keep, scores.gather(1, order), d)
+        idx, ok = _first_slots(keep, d)
         sel = order.gather(1, idx)
         boxes = pred.gather(1, sel[..., None].expand(-1, -1, 4))
         labels = torch.where(ok, labels.gather(1, sel), torch.ones_like(sel))
@@ -228,5 +228,5 @@ class StaticInstanceInference:
 
 
 def _unit_box(like: torch.Tensor) -> torch.Tensor:
-    """A harmless box for empty slots (pooled, never used)."""
-    return torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=like.dtype, device=like.device).expand_as(like)
+    """A harmless box for empty slots (pooled, never used); made by kernels, not a host copy (graph-capturable)."""
+    return (torch.arange(4, device=like.device) >= 2).to(like.dtype).expand_as(like)
