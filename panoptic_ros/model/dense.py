@@ -4,8 +4,9 @@ The dense part (backbone, 2-way FPN, semantic head: :meth:`EfficientPS.features`
 is most of the network's time and has static shapes for a given batch and input
 size, which is what CUDA graphs need: launching a captured graph costs one call
 instead of hundreds of kernel launches, the overhead that dominates small
-batches on a fast GPU. The instance head's proposal and RoI stages have
-data-dependent shapes and stay eager.
+batches on a fast GPU. The instance head's proposal and RoI stages run eagerly
+after it (on CUDA as fixed-shape tensors, :mod:`panoptic_ros.model.static_heads`,
+which would make them capturable too; not done yet).
 
 Modes (``ModelParams.dense_mode``):
 
