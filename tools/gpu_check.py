@@ -3,7 +3,8 @@
 
 Written for the lent GPU machine (one short run; see docs/PERFORMANCE.md, "GPU"):
 
-    python tools/gpu_check.py --out "$OUT"            # ~5 min on an H100/H200
+    python tools/gpu_check.py --out "$OUT"            # several minutes on an H100/H200
+    python tools/gpu_check.py --out "$OUT" --steps graphs,fusion,bench   # a part of it
 
 1. CUDA graphs: the demo model's dense part captured per shape (batch 1 and 6, 1024x2048 and
    512x1024) must agree with eager (the runner's own first-replay check passed, no fallback) and
@@ -13,11 +14,16 @@ Written for the lent GPU machine (one short run; see docs/PERFORMANCE.md, "GPU")
    converged, and everything after the dense part (proposals, detections, masks, fusion,
    upsampling, boxes, areas, the copies to the host) must not synchronise with the host except the
    one explicit synchronisation per batch (``torch.cuda.set_sync_debug_mode``: zero warnings).
-3. ``panoptic-ros bench`` at 1024x2048 and 512x1024, batch 1 and 6, every variant (ours with
-   CUDA graphs, ours eager, ours torch.compile, ours fp32, the torchvision baseline) with the PQ
-   check of each optimisation; its bench.md / bench.json / latency.png land in --out.
+3. ``panoptic-ros bench`` at 1024x2048 and 512x1024, batch 1 and 6, every variant but
+   torch.compile (ours, ours-eager, ours-dynamic, ours-hostfusion, ours-threads, ours-fp32, the
+   torchvision baseline) with the PQ check of each optimisation; its bench.md / bench.json /
+   latency.png land in --out/bench.
 4. ``tools/bench_host.py``: the host's per-frame work at 1024x2048 (tracking, encoding, overlay) and a
    6-camera batch finished serially and with ``tracking_threads: 0``, on this machine's many cores.
+5. ``ours-compile`` against ``ours`` at 1024x2048 batch 1 only (torch.compile's first call per shape
+   is slow; last, so that a time limit costs only this), in --out/bench_compile.
+
+``gpu_check.json`` is rewritten after every step, so a run stopped at its limit keeps what it measured.
 
 Exit status 0 only if every check passed. Nothing here downloads anything.
 """
@@ -125,6 +131,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--steps", default="graphs,fusion,bench,host,compile",
+                    help="comma-separated subset, in this order (compile last: torch.compile's first call per shape "
+                         "takes a minute or more)")
     args = ap.parse_args()
     import torch
 
@@ -133,24 +142,42 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device here", file=sys.stderr)
         return 2
+    steps = set(args.steps.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     out: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
-                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    ok = check_graphs(out)
-    ok &= check_fusion(out)
-    rc = cli(["bench", "--device", "cuda", "--sizes", "1024x2048,512x1024", "--batches", "1,6",
-              "--iterations", str(args.iterations), "--warmup", "5", "--accuracy-frames", "24",
-              "--out", str(args.out / "bench")])
-    out["bench_exit"] = rc
-    import subprocess
-    host = subprocess.run([sys.executable, str(REPO / "tools" / "bench_host.py"), "--json",
-                           str(args.out / "bench_host.json")], capture_output=True, text=True)
-    print(host.stdout[-2000:], host.stderr[-2000:], flush=True)
-    out["bench_host_exit"] = host.returncode
-    out["ok"] = ok and rc == 0
-    (args.out / "gpu_check.json").write_text(json.dumps(out, indent=2))
-    print("gpu_check:", "all checks passed" if out["ok"] else "FAILED (see gpu_check.json)")
-    return 0 if out["ok"] else 1
+                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "steps": {}}
+    t_start = time.perf_counter()
+
+    def record(step: str, passed: bool) -> None:
+        # Written after every step: a run stopped at its time limit still leaves what it measured.
+        out["steps"][step] = {"passed": passed, "at_s": round(time.perf_counter() - t_start, 1)}
+        out["ok"] = all(v["passed"] for v in out["steps"].values())
+        (args.out / "gpu_check.json").write_text(json.dumps(out, indent=2, default=str))
+        print(f"gpu_check: {step} {'passed' if passed else 'FAILED'} at {out['steps'][step]['at_s']} s", flush=True)
+
+    if "graphs" in steps:
+        record("graphs", check_graphs(out))
+    if "fusion" in steps:
+        record("fusion", check_fusion(out))
+    if "bench" in steps:
+        rc = cli(["bench", "--device", "cuda", "--sizes", "1024x2048,512x1024", "--batches", "1,6",
+                  "--variants", "ours,ours-eager,ours-dynamic,ours-hostfusion,ours-threads,ours-fp32,baseline",
+                  "--iterations", str(args.iterations), "--warmup", "5", "--accuracy-frames", "24",
+                  "--out", str(args.out / "bench")])
+        record("bench", rc == 0)
+    if "host" in steps:
+        import subprocess
+        host = subprocess.run([sys.executable, str(REPO / "tools" / "bench_host.py"), "--json",
+                               str(args.out / "bench_host.json")], capture_output=True, text=True)
+        print(host.stdout[-2000:], host.stderr[-2000:], flush=True)
+        record("host", host.returncode == 0)
+    if "compile" in steps:
+        rc = cli(["bench", "--device", "cuda", "--sizes", "1024x2048", "--batches", "1",
+                  "--variants", "ours,ours-compile", "--iterations", str(args.iterations), "--warmup", "5",
+                  "--accuracy-frames", "0", "--out", str(args.out / "bench_compile")])
+        record("compile", rc == 0)
+    print("gpu_check:", "all checks passed" if out.get("ok") else "FAILED (see gpu_check.json)")
+    return 0 if out.get("ok") else 1
 
 
 if __name__ == "__main__":
