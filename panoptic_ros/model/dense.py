@@ -17,8 +17,8 @@ Modes (``ModelParams.dense_mode``):
   graph that cannot be captured or disagrees is dropped and that shape runs
   eagerly from then on (``DenseRunner.fallback_reason`` says why), so a driver
   or kernel quirk costs speed, never correctness.
-- ``compile``: ``torch.compile`` of the dense part (inductor; on CUDA without its
-  own CUDA graphs, so that both can be compared).
+- ``compile``: ``torch.compile`` of the dense part (inductor's default mode, without
+  its own CUDA graphs, so that both can be compared).
 - ``auto``: ``cuda_graph`` on CUDA, ``eager`` elsewhere.
 
 The outputs of a replayed graph live in the graph's static buffers and are
@@ -68,8 +68,9 @@ class DenseRunner:
         self._graphs: dict[tuple, _Graph | None] = {}
         self._compiled = None
         if self.mode == "compile":
-            opts = {"mode": "max-autotune-no-cudagraphs"} if device.type == "cuda" else {}
-            self._compiled = torch.compile(model.features, dynamic=False, **opts)
+            # Inductor's default mode: fused pointwise kernels, library convolutions. (max-autotune would also
+            # tune the convolutions, at many minutes per input shape: too slow a first call for a node.)
+            self._compiled = torch.compile(model.features, dynamic=False)
 
     def __call__(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
         autocast = dtype != torch.float32
