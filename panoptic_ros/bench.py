@@ -10,9 +10,9 @@ R50-FPN + semantic FPN head, fp32 eager), all measured in the same run, since
 absolute times drift between machines and days.
 
 Variants:
-- ``ours``: the deployment setting, the node's defaults (on CUDA: fp16 autocast, channels-last, the
-  dense part as replayed CUDA graphs, static detections and the batched fusion, so one host
-  synchronisation per batch; on CPU: fp32 eager, torchvision's detections, per-instance fusion);
+- ``ours``: the deployment setting, the node's defaults (channels-last activations; on CUDA also fp16
+  autocast, the dense part as replayed CUDA graphs, static detections and the batched fusion, so one
+  host synchronisation per batch; on CPU fp32 eager, torchvision's detections, per-instance fusion);
 - ``ours-eager``: as ``ours`` without CUDA graphs (what the graphs buy);
 - ``ours-compile``: as ``ours`` with the dense part through ``torch.compile`` instead of CUDA graphs;
 - ``ours-dynamic``: as ``ours`` with torchvision's dynamic RPN / RoI heads (what static detections buy);
@@ -82,7 +82,7 @@ def make_predictor(variant: str, model_path: str, device: str, size: tuple[int, 
     return Predictor.from_file(resolve_model_path(model_path), device=str(dev), input_size=size, **settings)
 
 
-# variant -> Predictor settings (channels_last None = on CUDA) and the pipeline's tracking_threads
+# variant -> Predictor settings (channels_last None = on) and the pipeline's tracking_threads
 _DEFAULTS = dict(precision="auto", dense_mode="auto", channels_last=None, fusion_mode="auto", detection_mode="auto",
                  tracking_threads=1)
 OUR_VARIANTS = {

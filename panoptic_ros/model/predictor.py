@@ -75,7 +75,8 @@ class Predictor:
                  max_detections: int | None = None, rpn_post_nms_top_n: int | None = None,
                  input_size: tuple[int, int] | None = None, channels_last: bool | None = None,
                  dense_mode: str = "eager", fusion_mode: str = "auto", detection_mode: str = "auto") -> None:
-        """``channels_last``: NHWC activations (None = on CUDA, where convolutions are faster that way);
+        """``channels_last``: NHWC activations (None = on: convolutions are faster that way on CUDA, and on the
+        development CPU too, 192 -> 157 ms per 256x512 frame on one core, identical output);
         ``dense_mode``: how the dense part runs (:mod:`panoptic_ros.model.dense`); ``fusion_mode``:
         per_instance (box-sized work per instance, decided on the host: fastest on a CPU), batch (all
         images and instances at once on the device, no host synchronisation) or auto (batch on CUDA);
@@ -89,7 +90,7 @@ class Predictor:
         self.detection_mode = detection_mode
         self.device = resolve_device(str(device))
         if channels_last is None:
-            channels_last = self.device.type == "cuda"
+            channels_last = True
         self.channels_last = channels_last
         self.dtype = resolve_precision(precision, self.device)
         self.card = card
