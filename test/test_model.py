@@ -204,3 +204,18 @@ def test_training_can_continue_from_a_model_file(tmp_path, tiny_model_file):
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["config"]["fpn_channels"] == TINY["fpn_channels"]  # the init model's architecture, not the preset's
     assert card["training"]["settings"]["init"] == str(path)
+
+
+def test_the_cards_training_command_reproduces_the_settings():
+    """The command written into a model card parses back into the same settings (flags and --input-size too)."""
+    import argparse
+
+    from panoptic_ros.model.train import _settings_argv, register, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    for s in (TrainSettings(out="runs/x"),
+              TrainSettings(out="runs/y", steps=10, lr=4e-4, amp=False, channels_last=False, init="m.safetensors",
+                            overrides={"input_height": 128, "input_width": 256})):
+        argv = " ".join(_settings_argv(s)).split()
+        assert settings_from_args(parser.parse_args(["train", *argv])) == s
