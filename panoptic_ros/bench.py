@@ -14,6 +14,8 @@ Variants:
   autocast, the dense part as replayed CUDA graphs, static detections and the batched fusion, so one
   host synchronisation per batch; on CPU fp32 eager, torchvision's detections, per-instance fusion);
 - ``ours-eager``: as ``ours`` without CUDA graphs (what the graphs buy);
+- ``ours-graphall``: as ``ours`` with the part after the dense graph (static detections, batched fusion,
+  resizing) replayed as a second CUDA graph (experimental: off in ``ours`` until this measures it);
 - ``ours-compile``: as ``ours`` with the dense part through ``torch.compile`` instead of CUDA graphs;
 - ``ours-dynamic``: as ``ours`` with torchvision's dynamic RPN / RoI heads (what static detections buy);
 - ``ours-hostfusion``: as ``ours-dynamic`` with the per-instance fusion that decides on the host (what
@@ -84,10 +86,11 @@ def make_predictor(variant: str, model_path: str, device: str, size: tuple[int, 
 
 # variant -> Predictor settings (channels_last None = on) and the pipeline's tracking_threads
 _DEFAULTS = dict(precision="auto", dense_mode="auto", channels_last=None, fusion_mode="auto", detection_mode="auto",
-                 tracking_threads=1)
+                 sparse_graph=False, tracking_threads=1)
 OUR_VARIANTS = {
     "ours": _DEFAULTS,
     "ours-eager": {**_DEFAULTS, "dense_mode": "eager"},
+    "ours-graphall": {**_DEFAULTS, "sparse_graph": True},
     "ours-compile": {**_DEFAULTS, "dense_mode": "compile"},
     "ours-dynamic": {**_DEFAULTS, "detection_mode": "dynamic"},
     "ours-hostfusion": {**_DEFAULTS, "detection_mode": "dynamic", "fusion_mode": "per_instance"},
@@ -222,10 +225,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sizes", default=None, help="comma-separated HxW (default: 1024x2048,512x1024 on CUDA, "
                                                   "256x512 on CPU)")
     p.add_argument("--batches", default="1,6", help="comma-separated batch sizes (6 = a six-camera rig)")
-    p.add_argument("--variants", default=None, help="comma-separated, from ours, ours-eager, ours-compile, "
-                                                     "ours-dynamic, ours-hostfusion, ours-threads, ours-fp32, "
-                                                     "baseline (default: all on CUDA; ours,ours-fp32,baseline on "
-                                                     "CPU, where graphs do not apply)")
+    p.add_argument("--variants", default=None, help="comma-separated, from ours, ours-eager, ours-graphall, "
+                                                     "ours-compile, ours-dynamic, ours-hostfusion, ours-threads, "
+                                                     "ours-fp32, baseline (default: all on CUDA; "
+                                                     "ours,ours-fp32,baseline on CPU, where graphs do not apply)")
     p.add_argument("--accuracy-frames", type=int, default=12,
                    help="held-out frames each variant of ours is scored on (0 = skip the accuracy check)")
     p.add_argument("--max-pq-drop", type=float, default=0.005,
@@ -244,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
     sizes = args.sizes or ("1024x2048,512x1024" if cuda else "256x512")
     sizes_hw = [tuple(int(v) for v in s.lower().split("x")) for s in sizes.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
-    cuda_default = "ours,ours-eager,ours-compile,ours-dynamic,ours-hostfusion,ours-threads,ours-fp32,baseline"
+    cuda_default = ("ours,ours-eager,ours-graphall,ours-compile,ours-dynamic,ours-hostfusion,ours-threads,ours-fp32,"
+                    "baseline")
     variants = [v.strip() for v in (args.variants or (cuda_default if cuda else "ours,ours-fp32,baseline")).split(",")]
     for v in variants:
         if v not in OUR_VARIANTS and v != "baseline":

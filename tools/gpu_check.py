@@ -13,11 +13,13 @@ Written for the lent GPU machine (one short run; see docs/PERFORMANCE.md, "GPU")
    must equal torchvision's dynamic RPN/RoI heads + per-instance fusion, Cluster-NMS must have
    converged, and everything after the dense part (proposals, detections, masks, fusion,
    upsampling, boxes, areas, the copies to the host) must not synchronise with the host except the
-   one explicit synchronisation per batch (``torch.cuda.set_sync_debug_mode``: zero warnings).
+   one explicit synchronisation per batch (``torch.cuda.set_sync_debug_mode``: zero warnings); the
+   same part replayed as a CUDA graph (``sparse_graph``, experimental) must give the same output,
+   captured without falling back.
 3. ``panoptic-ros bench`` at 1024x2048 and 512x1024, batch 1 and 6, every variant but
-   torch.compile (ours, ours-eager, ours-dynamic, ours-hostfusion, ours-threads, ours-fp32, the
-   torchvision baseline) with the PQ check of each optimisation; its bench.md / bench.json /
-   latency.png land in --out/bench.
+   torch.compile (ours, ours-eager, ours-graphall, ours-dynamic, ours-hostfusion, ours-threads,
+   ours-fp32, the torchvision baseline) with the PQ check of each optimisation; its bench.md /
+   bench.json / latency.png land in --out/bench.
 4. ``tools/bench_host.py``: the host's per-frame work at 1024x2048 (tracking, encoding, overlay) and a
    6-camera batch finished serially and with ``tracking_threads: 0``, on this machine's many cores.
 5. ``ours-compile`` against ``ours`` at 1024x2048 batch 1 only (torch.compile's first call per shape
@@ -116,8 +118,18 @@ def check_fusion(out: dict, device: str = "cuda", size: tuple[int, int] = (1024,
     row["same_as_predict"] = bool(all((r.instance_map == y.instance_map).all() for r, y in zip(results, a)))
     row["sync_warnings"] = [str(c.message)[:200] for c in caught]
     row["nms_converged"] = static.converged.cpu().tolist()
+    if cuda:
+        graphed = Predictor(batch.model, batch.card, device=device, input_size=(h, w), fusion_mode="batch",
+                            detection_mode="static", sparse_graph=True, dense_mode="cuda_graph")
+        for _ in range(2):  # capture + checked first replay, then a plain replay
+            g = graphed.predict(frames)
+        row["sparse_graph_same"] = bool(all((x.instance_map == y.instance_map).all() and
+                                            (x.class_map == y.class_map).all() for x, y in zip(a, g)))
+        row["sparse_graph_fallback"] = graphed.sparse_graph.fallback_reason
+        row["sparse_graphs_captured"] = graphed.sparse_graph.captured_graphs
     row["ok"] = (row["same_class_px"] > 0.999 and row["same_instance_px"] > 0.999 and row["same_as_predict"]
                  and not row["sync_warnings"] and all(row["nms_converged"]))
+    row["sparse_graph_ok"] = (not cuda) or (row["sparse_graph_same"] and row["sparse_graphs_captured"] == 1)
     ok &= row["ok"]
     out["static_detections_batched_fusion"] = row
     print(json.dumps(row, default=bool), flush=True)
@@ -161,7 +173,8 @@ def main() -> int:
         record("fusion", check_fusion(out))
     if "bench" in steps:
         rc = cli(["bench", "--device", "cuda", "--sizes", "1024x2048,512x1024", "--batches", "1,6",
-                  "--variants", "ours,ours-eager,ours-dynamic,ours-hostfusion,ours-threads,ours-fp32,baseline",
+                  "--variants", "ours,ours-eager,ours-graphall,ours-dynamic,ours-hostfusion,ours-threads,ours-fp32,"
+                                "baseline",
                   "--iterations", str(args.iterations), "--warmup", "5", "--accuracy-frames", "24",
                   "--out", str(args.out / "bench")])
         record("bench", rc == 0)

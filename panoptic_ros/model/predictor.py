@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -30,6 +30,7 @@ from panoptic_ros.model.checkpoint import ModelCard, load_model
 from panoptic_ros.model.dense import DenseRunner
 from panoptic_ros.model.efficientps import EfficientPS
 from panoptic_ros.model.fusion import pad_instances, panoptic_fusion, panoptic_fusion_batch
+from panoptic_ros.model.graphs import GraphedFunction
 from panoptic_ros.model.static_heads import StaticDetections, StaticInstanceInference
 from panoptic_ros.panoptic import PanopticResult
 
@@ -74,14 +75,17 @@ class Predictor:
                  precision: str = "auto", fusion: FusionSettings = FusionSettings(),
                  max_detections: int | None = None, rpn_post_nms_top_n: int | None = None,
                  input_size: tuple[int, int] | None = None, channels_last: bool | None = None,
-                 dense_mode: str = "eager", fusion_mode: str = "auto", detection_mode: str = "auto") -> None:
+                 dense_mode: str = "eager", fusion_mode: str = "auto", detection_mode: str = "auto",
+                 sparse_graph: bool = False) -> None:
         """``channels_last``: NHWC activations (None = on: convolutions are faster that way on CUDA, and on the
         development CPU too, 192 -> 157 ms per 256x512 frame on one core, identical output);
         ``dense_mode``: how the dense part runs (:mod:`panoptic_ros.model.dense`); ``fusion_mode``:
         per_instance (box-sized work per instance, decided on the host: fastest on a CPU), batch (all
         images and instances at once on the device, no host synchronisation) or auto (batch on CUDA);
         ``detection_mode``: dynamic (torchvision's RPN/RoI heads), static (fixed shapes, no host
-        synchronisation: :mod:`panoptic_ros.model.static_heads`) or auto (static on CUDA)."""
+        synchronisation: :mod:`panoptic_ros.model.static_heads`) or auto (static on CUDA); ``sparse_graph``
+        (CUDA with static detections and batched fusion; experimental, off until measured): everything
+        between the dense part and the host copies replayed as CUDA graphs (:mod:`panoptic_ros.model.graphs`)."""
         if fusion_mode not in FUSION_MODES:
             raise ValueError(f"fusion_mode must be one of {', '.join(FUSION_MODES)}, got {fusion_mode!r}")
         if detection_mode not in DETECTION_MODES:
@@ -99,6 +103,8 @@ class Predictor:
             self.model.to(memory_format=torch.channels_last)
         self.dense = DenseRunner(self.model, dense_mode, self.device)
         self.static = StaticInstanceInference(self.model.instance_head)
+        self.sparse_graph = GraphedFunction(self._sparse_outputs) if sparse_graph else None
+        self._graph_sizes: list[tuple[int, int]] = []
         self.fusion = fusion
         self._box_score_thresh = float(self.model.instance_head.roi_heads.score_thresh)
         cfg = card.config
@@ -194,6 +200,14 @@ class Predictor:
             x = x.contiguous(memory_format=torch.channels_last)
         t1 = time.perf_counter()
         p, sem_logits = self.dense(x, self.dtype)
+        sizes = [tuple(f.shape[:2]) for f in frames]
+        if (self.sparse_graph is not None and self.device.type == "cuda" and self.static_detections
+                and self.batch_fusion):
+            self._graph_sizes = sizes
+            flat = self.sparse_graph((*p, sem_logits), key=(tuple(sizes), astuple(self.fusion), self.dtype))
+            t2 = time.perf_counter()
+            results = self._to_host([flat[i * 8:(i + 1) * 8] for i in range(len(frames))])
+            return self._timed(results, t0, t1, t2)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
             if self.static_detections:
                 static = self.static.detections(p, (h, w))
@@ -209,12 +223,27 @@ class Predictor:
                 fused = self._fuse_batch(sem_logits, dets)
             else:
                 fused = [self._fuse_one(sem_logits[i], det) for i, det in enumerate(dets)]
-        results = self._collect(fused, dets, [f.shape[:2] for f in frames])
+        results = self._collect(fused, dets, sizes)
+        return self._timed(results, t0, t1, t2)
+
+    @staticmethod
+    def _timed(results: list[PanopticResult], t0: float, t1: float, t2: float) -> list[PanopticResult]:
         t3 = time.perf_counter()
+        n = len(results)
         for r in results:
-            r.timings_ms.update(preprocess=(t1 - t0) * 1e3 / len(frames), network=(t2 - t1) * 1e3 / len(frames),
-                                fusion=(t3 - t2) * 1e3 / len(frames))
+            r.timings_ms.update(preprocess=(t1 - t0) * 1e3 / n, network=(t2 - t1) * 1e3 / n,
+                                fusion=(t3 - t2) * 1e3 / n)
         return results
+
+    def _sparse_outputs(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Static detections + batched fusion + resizing for FPN maps and semantic logits, as one flat tuple
+        (8 tensors per image, see :meth:`_device_outputs`): the function the sparse CUDA graph captures."""
+        *p, sem_logits = tensors
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32,
+                            cache_enabled=False):
+            static = self.static.detections(list(p), self.input_size)
+        groups = self._device_outputs(self._fuse_static(sem_logits, static), static.per_image(), self._graph_sizes)
+        return tuple(t for g in groups for t in g)
 
     def _resize_grid(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> "NearestGrid":
         key = (in_hw, out_hw)
@@ -254,6 +283,10 @@ class Predictor:
 
     def _collect(self, fused: list[_Fused], dets: list, sizes: list[tuple[int, int]]) -> list[PanopticResult]:
         """Upsample, box and count on the device, then copy everything to the host with one synchronisation."""
+        return self._to_host(self._device_outputs(fused, dets, sizes))
+
+    def _device_outputs(self, fused: list[_Fused], dets: list, sizes: list[tuple[int, int]]) -> list[tuple]:
+        """Per image: class map, instance map, boxes, areas (at the frame's size), rank, classes, scores, embeddings."""
         device_side = []
         for f, det, out_hw in zip(fused, dets, sizes):
             n = len(f.rank)  # output ids are 1..k with k <= n; what k is, the host learns after the copy
@@ -262,6 +295,9 @@ class Predictor:
             boxes, areas = grid.boxes_and_areas(f.instance_map, instance_map, n)
             device_side.append((class_map, instance_map, boxes, areas, f.rank, self._thing_lut[det.labels - 1],
                                 det.scores.float(), det.embeddings.float()))
+        return device_side
+
+    def _to_host(self, device_side: list[tuple]) -> list[PanopticResult]:
         host = [[t.to("cpu", non_blocking=True) for t in group] for group in device_side]
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the batch's one host synchronisation

@@ -135,6 +135,23 @@ class StaticInstanceInference:
     def __init__(self, head, settings: StaticSettings = StaticSettings()) -> None:
         self.head = head
         self.settings = settings
+        self._anchors: dict[tuple, list[torch.Tensor]] = {}
+
+    def anchors(self, features: list[torch.Tensor], image_hw: tuple[int, int]) -> list[torch.Tensor]:
+        """The RPN's anchors for this batch and input size: they depend on shapes only, so they are made once
+        (torchvision's generator copies its cell anchors to the device on every call, which a CUDA graph
+        capture does not allow)."""
+        from panoptic_ros.model.instance_head import _image_list
+
+        b = features[0].shape[0]
+        key = (b, image_hw, tuple(tuple(f.shape[-2:]) for f in features), features[0].device, features[0].dtype)
+        found = self._anchors.get(key)
+        if found is None:
+            if len(self._anchors) > 16:
+                self._anchors.clear()
+            found = self._anchors[key] = self.head.rpn.anchor_generator(_image_list(features, [image_hw] * b),
+                                                                        features)
+        return found
 
     # -------------------------------------------------------------- pooling
 
@@ -162,12 +179,10 @@ class StaticInstanceInference:
     def proposals(self, features: list[torch.Tensor],
                   image_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """RPN: (B, P, 4) proposals, (B, P) validity (P = post_nms_top_n, best first), (B,) NMS converged."""
-        from panoptic_ros.model.instance_head import _image_list
-
         rpn = self.head.rpn
         b = features[0].shape[0]
         objectness, deltas = rpn.head(features)
-        anchors = rpn.anchor_generator(_image_list(features, [image_hw] * b), features)
+        anchors = self.anchors(features, image_hw)
         per_level = [o[0].numel() for o in objectness]
         objectness, deltas = concat_box_prediction_layers(objectness, deltas)
         boxes = rpn.box_coder.decode(deltas.detach(), anchors).view(b, -1, 4)
