@@ -20,8 +20,8 @@ Variants:
 - ``ours-dynamic``: as ``ours`` with torchvision's dynamic RPN / RoI heads (what static detections buy);
 - ``ours-hostfusion``: as ``ours-dynamic`` with the per-instance fusion that decides on the host (what
   the batched fusion buys on top);
-- ``ours-threads``: as ``ours`` with the cameras of a batch tracked and encoded in parallel threads
-  (``tracking_threads: 0``; what they buy where the host's per-frame work limits a camera rig);
+- ``ours-serial``: as ``ours`` with the cameras of a batch tracked and encoded one after another
+  (``tracking_threads: 1``; what the threads buy where the host's per-frame work limits a camera rig);
 - ``ours-fp32``: the same model, fp32, eager, default memory format, per-instance fusion;
 - ``baseline``: see panoptic_ros/model/baseline.py (random weights: timing only).
 
@@ -86,7 +86,7 @@ def make_predictor(variant: str, model_path: str, device: str, size: tuple[int, 
 
 # variant -> Predictor settings (channels_last None = on) and the pipeline's tracking_threads
 _DEFAULTS = dict(precision="auto", dense_mode="auto", channels_last=None, fusion_mode="auto", detection_mode="auto",
-                 sparse_graph=False, tracking_threads=1)
+                 sparse_graph=False, tracking_threads=0)
 OUR_VARIANTS = {
     "ours": _DEFAULTS,
     "ours-eager": {**_DEFAULTS, "dense_mode": "eager"},
@@ -94,9 +94,9 @@ OUR_VARIANTS = {
     "ours-compile": {**_DEFAULTS, "dense_mode": "compile"},
     "ours-dynamic": {**_DEFAULTS, "detection_mode": "dynamic"},
     "ours-hostfusion": {**_DEFAULTS, "detection_mode": "dynamic", "fusion_mode": "per_instance"},
-    "ours-threads": {**_DEFAULTS, "tracking_threads": 0},
+    "ours-serial": {**_DEFAULTS, "tracking_threads": 1},
     "ours-fp32": {**_DEFAULTS, "precision": "fp32", "dense_mode": "eager", "channels_last": False,
-                  "fusion_mode": "per_instance", "detection_mode": "dynamic"},
+                  "fusion_mode": "per_instance", "detection_mode": "dynamic", "tracking_threads": 1},
 }
 
 
@@ -151,7 +151,7 @@ def _sync(device: str) -> None:
 def run_variant(variant: str, model_path: str, device: str, size: tuple[int, int], batch: int,
                 frames: list[np.ndarray], iterations: int, warmup: int) -> tuple[BenchRow, list[float]]:
     predictor = make_predictor(variant, model_path, device, size)
-    threads = OUR_VARIANTS[variant]["tracking_threads"] if variant in OUR_VARIANTS else 1
+    threads = OUR_VARIANTS[variant]["tracking_threads"] if variant in OUR_VARIANTS else 0
     pipeline = Pipeline(predictor, tracker=TrackerParams(), max_batch=batch, tracking_threads=threads)
     cams = [f"cam{c}" for c in range(batch)]
     if torch.cuda.is_available() and device != "cpu":
@@ -226,7 +226,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                   "256x512 on CPU)")
     p.add_argument("--batches", default="1,6", help="comma-separated batch sizes (6 = a six-camera rig)")
     p.add_argument("--variants", default=None, help="comma-separated, from ours, ours-eager, ours-graphall, "
-                                                     "ours-compile, ours-dynamic, ours-hostfusion, ours-threads, "
+                                                     "ours-compile, ours-dynamic, ours-hostfusion, ours-serial, "
                                                      "ours-fp32, baseline (default: all on CUDA; "
                                                      "ours,ours-fp32,baseline on CPU, where graphs do not apply)")
     p.add_argument("--accuracy-frames", type=int, default=12,
@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = args.sizes or ("1024x2048,512x1024" if cuda else "256x512")
     sizes_hw = [tuple(int(v) for v in s.lower().split("x")) for s in sizes.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
-    cuda_default = ("ours,ours-eager,ours-graphall,ours-compile,ours-dynamic,ours-hostfusion,ours-threads,ours-fp32,"
+    cuda_default = ("ours,ours-eager,ours-graphall,ours-compile,ours-dynamic,ours-hostfusion,ours-serial,ours-fp32,"
                     "baseline")
     variants = [v.strip() for v in (args.variants or (cuda_default if cuda else "ours,ours-fp32,baseline")).split(",")]
     for v in variants:

@@ -167,9 +167,9 @@ class NodeParams:
     camera_info_tolerance_s: float = param(0.05, "Largest stamp difference accepted between an image and its "
                                                  "CameraInfo", minimum=0.0, maximum=10.0, unit="s")
     max_batch: int = param(6, "Most camera frames run through the model in one batch", minimum=1, maximum=64)
-    tracking_threads: int = param(1, "Threads that track and encode the different cameras of one batch at once "
-                                     "(each camera's frames stay in order): 1 = one after another in the "
-                                     "inference thread, 0 = one per camera in the batch", minimum=0, maximum=64)
+    tracking_threads: int = param(0, "Threads that track and encode the different cameras of one batch at once "
+                                     "(each camera's frames stay in order): 0 = one per camera in the batch, 1 = "
+                                     "one after another in the inference thread", minimum=0, maximum=64)
     enabled: bool = param(True, "Run inference (also switchable with the ~/set_enabled service)", dynamic=True)
     publish_semantic: bool = param(True, "Publish panoptic/semantic (mono8 class ids)")
     overlay_alpha: float = param(0.5, "Opacity of the class colours in panoptic/overlay", minimum=0.0, maximum=1.0,

@@ -261,7 +261,7 @@ class Pipeline:
 
     def __init__(self, predictor: PanopticPredictor, tracker: TrackerParams | None = None,
                  mount: CameraMountParams | None = None, max_batch: int = 6, fallback_device: str = "",
-                 tracking_threads: int = 1) -> None:
+                 tracking_threads: int = 0) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if tracking_threads < 0:

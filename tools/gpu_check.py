@@ -17,7 +17,7 @@ Written for the lent GPU machine (one short run; see docs/PERFORMANCE.md, "GPU")
    same part replayed as a CUDA graph (``sparse_graph``, experimental) must give the same output,
    captured without falling back.
 3. ``panoptic-ros bench`` at 1024x2048 and 512x1024, batch 1 and 6, every variant but
-   torch.compile (ours, ours-eager, ours-graphall, ours-dynamic, ours-hostfusion, ours-threads,
+   torch.compile (ours, ours-eager, ours-graphall, ours-dynamic, ours-hostfusion, ours-serial,
    ours-fp32, the torchvision baseline) with the PQ check of each optimisation; its bench.md /
    bench.json / latency.png land in --out/bench.
 4. ``tools/bench_host.py``: the host's per-frame work at 1024x2048 (tracking, encoding, overlay) and a
@@ -173,7 +173,7 @@ def main() -> int:
         record("fusion", check_fusion(out))
     if "bench" in steps:
         rc = cli(["bench", "--device", "cuda", "--sizes", "1024x2048,512x1024", "--batches", "1,6",
-                  "--variants", "ours,ours-eager,ours-graphall,ours-dynamic,ours-hostfusion,ours-threads,ours-fp32,"
+                  "--variants", "ours,ours-eager,ours-graphall,ours-dynamic,ours-hostfusion,ours-serial,ours-fp32,"
                                 "baseline",
                   "--iterations", str(args.iterations), "--warmup", "5", "--accuracy-frames", "24",
                   "--out", str(args.out / "bench")])
