@@ -72,6 +72,14 @@ def _paste_crop(mask_logits: torch.Tensor, box: torch.Tensor, height: int,
     return (slice(cy0, cy1), slice(cx0, cx1)), pasted[0], inside[0]
 
 
+def _class_tables(thing_ids, stuff_ids, num_classes: int, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(stuff ids as a long tensor, bool (C,) table: is class c a thing) on ``dev``."""
+    thing_ids_t = torch.as_tensor(thing_ids, device=dev, dtype=torch.long)
+    is_thing_class = torch.zeros(max(num_classes, 1), dtype=torch.bool, device=dev)
+    is_thing_class[thing_ids_t] = True
+    return torch.as_tensor(stuff_ids, device=dev, dtype=torch.long), is_thing_class
+
+
 def panoptic_fusion(semantic_logits: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor,
                     scores: torch.Tensor, mask_logits: torch.Tensor, *, thing_ids: list[int] | torch.Tensor,
                     stuff_ids: list[int] | torch.Tensor, score_threshold: float = 0.5,
@@ -86,10 +94,7 @@ def panoptic_fusion(semantic_logits: torch.Tensor, boxes: torch.Tensor, classes:
     c, h, w = semantic_logits.shape
     dev = semantic_logits.device
     logits = semantic_logits.float()
-    thing_ids_t = torch.as_tensor(thing_ids, device=dev, dtype=torch.long)
-    stuff_ids_t = torch.as_tensor(stuff_ids, device=dev, dtype=torch.long)
-    is_thing_class = torch.zeros(max(c, 1), dtype=torch.bool, device=dev)
-    is_thing_class[thing_ids_t] = True
+    stuff_ids_t, is_thing_class = _class_tables(thing_ids, stuff_ids, c, dev)
 
     # 1. Confidence filter, best first.  2. Overlap filter against better instances.
     order = torch.argsort(scores, descending=True)
@@ -199,10 +204,7 @@ def panoptic_fusion_batch(semantic_logits: torch.Tensor, boxes: torch.Tensor, cl
     n = boxes.shape[1]
     dev = semantic_logits.device
     logits = semantic_logits.float()
-    thing_ids_t = torch.as_tensor(thing_ids, device=dev, dtype=torch.long)
-    stuff_ids_t = torch.as_tensor(stuff_ids, device=dev, dtype=torch.long)
-    is_thing_class = torch.zeros(max(c, 1), dtype=torch.bool, device=dev)
-    is_thing_class[thing_ids_t] = True
+    stuff_ids_t, is_thing_class = _class_tables(thing_ids, stuff_ids, c, dev)
 
     # Score order per image (padding last); rank r of image i is input instance order[i, r].
     scores = torch.where(valid, scores.float(), torch.full_like(scores, float("-inf"), dtype=torch.float32))
