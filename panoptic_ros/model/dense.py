@@ -27,9 +27,9 @@ running the next batch (the predictor fuses each batch before it returns).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+
+from panoptic_ros.model.graphs import GraphedFunction
 
 DENSE_MODES = ("auto", "eager", "cuda_graph", "compile")
 
@@ -50,13 +50,6 @@ def resolve_dense_mode(mode: str, device: torch.device) -> str:
     return mode
 
 
-@dataclass
-class _Graph:
-    graph: torch.cuda.CUDAGraph
-    static_in: torch.Tensor
-    static_out: tuple[torch.Tensor, ...]
-
-
 class DenseRunner:
     """Runs ``model.features`` (normalised images -> (FPN maps, semantic logits)) in the chosen mode."""
 
@@ -64,8 +57,9 @@ class DenseRunner:
         self.model = model
         self.device = device
         self.mode = resolve_dense_mode(mode, device)
-        self.fallback_reason: str | None = None
-        self._graphs: dict[tuple, _Graph | None] = {}
+        # One graph per (input shape, autocast dtype); the first replay of each is checked against eager.
+        self._graphed = GraphedFunction(self._graph_features, tolerance=GRAPH_CHECK_TOLERANCE, warmup=3)
+        self._graph_dtype = torch.float32
         self._compiled = None
         if self.mode == "compile":
             # Inductor's default mode: fused pointwise kernels, library convolutions. (max-autotune would also
@@ -82,7 +76,7 @@ class DenseRunner:
 
     def moved_to(self, device: torch.device) -> None:
         """The model moved (fallback device): graphs belong to the old device and are dropped."""
-        self._graphs.clear()
+        self._graphed.clear()
         self.device = device
         if self.mode == "cuda_graph" and device.type != "cuda":
             self.mode = "eager"
@@ -91,57 +85,23 @@ class DenseRunner:
 
     # ------------------------------------------------------------------ CUDA graphs
 
-    def _eager(self, x: torch.Tensor, dtype: torch.dtype, cache: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
-        with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32,
-                                             cache_enabled=cache):
-            return self.model.features(x)
-
     def _graph_call(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
-        key = (tuple(x.shape), x.dtype, dtype, x.is_contiguous(memory_format=torch.channels_last))
-        first = key not in self._graphs
-        if first:
-            self._graphs[key] = self._capture(x, dtype)
-        g = self._graphs[key]
-        if g is None:
-            return self._eager(x, dtype)
-        g.static_in.copy_(x)
-        g.graph.replay()
-        if first and not self._agrees(g, x, dtype):  # the first replay of every graph is checked
-            self._graphs[key] = None
-            return self._eager(x, dtype)
-        *p, sem = g.static_out
+        self._graph_dtype = dtype
+        *p, sem = self._graphed((x,), key=(dtype,))
         return list(p), sem
+
+    def _graph_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        dtype = self._graph_dtype  # (no autocast weight cache: cached casts would live outside the graph)
+        with torch.no_grad(), torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32, cache_enabled=False):
+            p, sem = self.model.features(x)
+        return (*p, sem)
+
+    @property
+    def fallback_reason(self) -> str | None:
+        """Why a shape runs eagerly (capture failed or its first replay disagreed with eager); None if none."""
+        return self._graphed.fallback_reason
 
     @property
     def captured_graphs(self) -> int:
         """How many input shapes run as replayed graphs (shapes whose capture or check failed not counted)."""
-        return sum(g is not None for g in self._graphs.values())
-
-    def _capture(self, x: torch.Tensor, dtype: torch.dtype) -> _Graph | None:
-        try:
-            static_in = x.clone()
-            side = torch.cuda.Stream(device=x.device)
-            side.wait_stream(torch.cuda.current_stream(x.device))
-            with torch.cuda.stream(side):
-                for _ in range(3):  # warm-up: cuDNN autotuning and allocator pools settle outside the graph
-                    self._eager(static_in, dtype, cache=False)
-            torch.cuda.current_stream(x.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                p, sem = self._eager(static_in, dtype, cache=False)
-            return _Graph(graph, static_in, (*p, sem))
-        except RuntimeError as exc:  # capture unsupported here (CudaError is a RuntimeError): run eagerly
-            self.fallback_reason = f"CUDA graph capture failed for input {tuple(x.shape)}: {exc}"
-            return None
-
-    def _agrees(self, g: _Graph, x: torch.Tensor, dtype: torch.dtype) -> bool:
-        p, sem = self._eager(x, dtype)
-        ref = (*p, sem)
-        for a, b in zip(g.static_out, ref):
-            scale = float(b.float().abs().max()) or 1.0
-            diff = float((a.float() - b.float()).abs().max())
-            if not diff <= GRAPH_CHECK_TOLERANCE * scale:
-                self.fallback_reason = (f"CUDA graph for input {tuple(x.shape)} disagreed with eager "
-                                        f"(max diff {diff:.3g} of range {scale:.3g}); running eagerly")
-                return False
-        return True
+        return self._graphed.captured_graphs

@@ -1,9 +1,9 @@
 """A function of tensors replayed as CUDA graphs, one per input signature, checked and with an eager fallback.
 
-What :class:`~panoptic_ros.model.dense.DenseRunner` does for the dense part,
-for any function whose work is fixed by the shapes of its inputs: on CUDA the
-predictor's static detections + batched fusion + id-map resizing (everything
-between the dense part and the copies to the host) is such a function. The
+Used for the dense part (:class:`~panoptic_ros.model.dense.DenseRunner`) and,
+experimentally, for the predictor's static detections + batched fusion + id-map
+resizing (everything between the dense part and the copies to the host): any
+function whose work is fixed by the shapes of its inputs. The
 first call with a new signature warms the function up on a side stream,
 captures it, replays it and compares the replay with an eager call (floats
 within ``tolerance`` of their range, integers equal on all but ``1e-3`` of
@@ -28,9 +28,10 @@ class _Captured:
 
 class GraphedFunction:
     def __init__(self, fn: Callable[..., Sequence[torch.Tensor]], tolerance: float = 1e-2,
-                 max_graphs: int = 16) -> None:
+                 max_graphs: int = 16, warmup: int = 2) -> None:
         self.fn = fn
         self.tolerance = tolerance
+        self.warmup = warmup
         self.max_graphs = max_graphs
         self.fallback_reason: str | None = None
         self._graphs: dict[tuple, _Captured | None] = {}
@@ -71,7 +72,9 @@ class GraphedFunction:
             side = torch.cuda.Stream(device=device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up: lazily built tables (anchors, resize grids) exist before capture
+                # Warm-up: cuDNN autotuning, allocator pools and lazily built tables (anchors, resize grids)
+                # settle before the capture.
+                for _ in range(self.warmup):
                     self.fn(*static_in)
             torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
