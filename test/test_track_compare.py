@@ -343,3 +343,47 @@ def test_command_end_to_end_writes_json_md_and_pictures(tmp_path, tiny_model) ->
     assert "## Input: gt-degraded" in md and "## Input: model" in md
     assert md.count("| ours-noemb |") == 2
     assert "compatible_classes=[person:rider; car:truck;" in md  # list-valued parameters are listed too
+
+
+def test_tune_tracker_scores_cached_detections_as_track_compare_does(tmp_path) -> None:
+    """tools/tune_tracker.py caches detections and re-scores tracker settings on them; on the same frames
+    and detections it must give track-compare's own figures, and refuse unknown or out-of-range settings."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import tune_tracker
+    from panoptic_ros.synth import SynthConfig, SyntheticSequence
+    from panoptic_ros.tracking.compare import run_compare
+
+    seed, frames, hw = 200_000, 40, (128, 256)
+
+    class GtDetector:  # stands in for the model: the gt-degraded detections of each frame, in order
+        def __init__(self) -> None:
+            self.seq = SyntheticSequence(seed, frames, SynthConfig(height=hw[0], width=hw[1], fps=10.0,
+                                                                   occlusion_events_per_100_frames=4.0))
+            self.k = 0
+
+        def predict(self, images):
+            fr = self.seq.render(self.k)
+            assert np.array_equal(images[0], fr.image)
+            self.k += 1
+            return [degrade_frame(fr, seed, DegradeConfig(), CITYSCAPES).result]
+
+    path = tmp_path / f"{seed}.npz"
+    tune_tracker.cache_sequence(path, seed, frames, hw, GtDetector(), DegradeConfig().min_visible_fraction)
+    cached = tune_tracker.score([tune_tracker.load_sequence(path)], TrackerParams())
+    report = run_compare(CompareSettings(out=tmp_path / "cmp", sequences=1, frames=frames, height=hw[0],
+                                         width=hw[1], seed=seed, inputs=("gt",), trackers=("ours",),
+                                         event_min_frames=10, event_max_frames=40, progress=False))
+    ours = report.score("gt", "ours")
+    assert cached["idf1"] == pytest.approx(ours.idf1) and cached["hota"] == pytest.approx(ours.hota)
+    assert cached["mota"] == pytest.approx(ours.mota) and cached["id_switches"] == ours.id_switches
+    assert (cached["events"], cached["switched"], cached["kept"]) == (ours.events, ours.event_switches,
+                                                                      ours.event_kept)
+    assert tune_tracker.parse_variant("a=reid_min_similarity:0.6,min_hits:3") == \
+        ("a", {"reid_min_similarity": 0.6, "min_hits": 3})
+    with pytest.raises(ValueError, match="unknown tracker parameter"):
+        tune_tracker.parse_variant("a=no_such_thing:1")
+    with pytest.raises(ValueError, match="min_hits"):
+        tune_tracker.parse_variant("a=min_hits:0")

@@ -158,6 +158,27 @@ def test_occlusion_behind_bus_keeps_id_and_reports_occluder() -> None:
     assert out[-1][0].object_by_id(1).state == TrackState.TRACKED
 
 
+def test_size_held_while_sliding_behind_the_bus() -> None:
+    """A car approaches (its box grows 2 px a frame) until it reaches the bus, then keeps its size (70 px)
+    and slides behind it. While its right side is cut off by the bus, its width is not measured -- the box
+    is anchored on the free left edge with the track's size -- so the size rate learnt while it grew
+    must not keep running: each anchored measurement would confirm the grown size, and the box would
+    swell frame after frame (a 9x runaway was seen on model detections) with its centre dragged away."""
+    scenes = []
+    for f in range(40):
+        grow = min(f, 20)
+        x0 = 20 + 4 * f - grow  # grows on both sides while it drives right
+        scenes.append([Thing("car", CAR, (x0, 60 - grow // 2, x0 + 30 + 2 * grow, 70 + grow // 2)),
+                       Thing("bus", BUS, (150, 20, 300, 110))])
+    out = run(Tracker(), scenes, (120, 400))
+    hidden = [f for f, (_, names) in enumerate(out) if "car" not in names]
+    assert hidden and hidden[0] > 25  # it slid behind the bus after it reached it (frame 20)
+    first = out[hidden[0]][0].object_by_id(1)
+    assert first.state == TrackState.OCCLUDED
+    width = first.box_xyxy[2] - first.box_xyxy[0]
+    assert width == pytest.approx(70.0, rel=0.1)  # the car's width, held; a running size rate gave 98
+
+
 def test_occluded_track_riding_with_its_occluder_survives() -> None:
     """A car overtaken by a bus speeds up and rides hidden beside it for 50 frames, then pulls ahead."""
     scenes, car_x = [], 100.0

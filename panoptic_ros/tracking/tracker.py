@@ -505,12 +505,21 @@ class Tracker:
         pred = tb.mean[rows]
         z = kalman.xyxy_to_cxcywh(dets.boxes_xyxy[cols])
         cut = ((z[:, 2] < _PARTIAL * pred[:, 2]) | (z[:, 3] < _PARTIAL * pred[:, 3])).nonzero()[0]
+        anchored = None
         if cut.size:
-            z[cut] = _amodal_measurements(dets.boxes_xyxy[cols[cut]], cols[cut] + 1, pred[cut],
-                                          dets.label_map_contiguous, dets.boxes_xyxy)
+            z[cut], anchored = _amodal_measurements(dets.boxes_xyxy[cols[cut]], cols[cut] + 1, pred[cut],
+                                                    dets.label_map_contiguous, dets.boxes_xyxy)
         # After a gap the covariance has grown with every coasted step, so the update trusts the
         # measurement and re-learns the velocity within a few frames (even after a reversal).
         tb.mean[rows], tb.cov[rows] = kalman.update(pred, tb.cov[rows], z, self.noise)
+        if anchored is not None and anchored.any():
+            # An axis measured by its free edge and the predicted size says nothing about the size: the
+            # track keeps its size there, as an unseen one does. A size rate left running would grow the
+            # box frame after frame -- each anchored measurement confirming the grown size -- and drag the
+            # centre away from the visible part with it.
+            r_cut = rows[cut]
+            for axis in (0, 1):
+                tb.mean[r_cut[anchored[:, axis]], 6 + axis] = 0.0
         tb.ref_xy[rows] = tb.mean[rows, :2]
         tb.vis_box[rows] = dets.boxes_xyxy[cols]
         tb.hits[rows] += 1
@@ -763,16 +772,18 @@ class Tracker:
 
 
 def _amodal_measurements(boxes_xyxy: np.ndarray, labels: np.ndarray, pred_t8: np.ndarray,
-                         label_map: np.ndarray, label_boxes_xyxy: np.ndarray) -> np.ndarray:
-    """(K, 4) ``[cx, cy, w, h]`` measurements of detections that may be partially hidden.
+                         label_map: np.ndarray, label_boxes_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 4) ``[cx, cy, w, h]`` measurements of detections that may be partially hidden, and (K, 2) anchored.
 
     On an axis where the visible box is shorter than the prediction and one
     side is cut off (another thing or the image border just beyond it), the
-    free edge plus the predicted size locates the object; with both sides cut,
-    that axis keeps the prediction. Otherwise the visible box is the measurement.
+    free edge plus the predicted size locates the object (``anchored`` is True
+    there: the size was not measured); with both sides cut, that axis keeps
+    the prediction. Otherwise the visible box is the measurement.
     """
     z = kalman.xyxy_to_cxcywh(boxes_xyxy)
     blocked = blocked_sides(label_map, boxes_xyxy, labels, _SIDE_BLOCKED, _SIDE_REACH_PX, label_boxes_xyxy)
+    anchored_k2 = np.zeros((z.shape[0], 2), bool)
     for axis in (0, 1):
         size = pred_t8[:, 2 + axis]
         low, high = blocked[:, axis], blocked[:, axis + 2]
@@ -781,4 +792,5 @@ def _amodal_measurements(boxes_xyxy: np.ndarray, labels: np.ndarray, pred_t8: np
                           np.where(high, boxes_xyxy[:, axis] + 0.5 * size, boxes_xyxy[:, axis + 2] - 0.5 * size))
         z[anchored, axis] = centre[anchored]
         z[anchored, 2 + axis] = size[anchored]
-    return z
+        anchored_k2[:, axis] = anchored
+    return z, anchored_k2
