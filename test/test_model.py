@@ -1,4 +1,5 @@
 """The model: architecture shapes, a tiny training run whose loss falls, checkpoints, the predictor."""
+import dataclasses
 import json
 import numpy as np
 import pytest
@@ -216,6 +217,53 @@ def test_the_cards_training_command_reproduces_the_settings():
     register(parser.add_subparsers())
     for s in (TrainSettings(out="runs/x"),
               TrainSettings(out="runs/y", steps=10, lr=4e-4, amp=False, channels_last=False, init="m.safetensors",
-                            overrides={"input_height": 128, "input_width": 256})):
+                            data_workers=3, time_budget_s=90.0, overrides={"input_height": 128, "input_width": 256})):
         argv = " ".join(_settings_argv(s)).split()
         assert settings_from_args(parser.parse_args(["train", *argv])) == s
+
+
+def test_data_workers_give_the_same_step_keyed_samples_as_one_process(tmp_path):
+    """With --data-workers the data of step i depends only on (seed, i): rendered in worker processes it is
+    what the training process would render itself, so neither the worker count nor a resume changes it."""
+    from panoptic_ros.model.config import PRESETS
+    from panoptic_ros.model.train import ParallelSteps, SyntheticPairs, step_samples
+
+    s = TrainSettings(out=str(tmp_path / "run"), pairs_per_step=2, data_workers=2, overrides=TINY)
+    cfg = PRESETS[s.preset](**TINY)
+    here = [step_samples(SyntheticPairs(cfg, s), s, cfg, k) for k in (7, 8, 9)]
+    assert not all(torch.equal(a.image, b.image) for a, b in zip(here[0], here[1]))  # steps differ
+    workers = ParallelSteps(cfg, s, first_step=7, workers=2)
+    try:
+        rendered = [next(workers) for _ in range(3)]
+    finally:
+        workers.close()
+    for mine, theirs in zip(here, rendered):
+        assert len(mine) == len(theirs) == 4  # two pairs of two frames
+        for a, b in zip(mine, theirs):
+            assert torch.equal(a.image, b.image) and torch.equal(a.semantic, b.semantic)
+            assert torch.equal(a.instances.masks, b.instances.masks)
+            assert torch.equal(a.instances.track_ids, b.instances.track_ids)
+    out = train(dataclasses.replace(s, steps=2, warmup_steps=1, checkpoint_every=2, data_workers=1), progress=False)
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["steps_done"] == 2 and "--data-workers 1" in card["training"]["command"]
+    with pytest.raises(ValueError, match="data-workers"):
+        train(TrainSettings(out=str(tmp_path / "ds"), data=str(tmp_path), data_workers=1, overrides=TINY),
+              progress=False)
+
+
+def test_time_budget_ends_the_run_with_its_schedule(tmp_path):
+    """--time-budget-s: the cosine schedule runs over training time and the run stops when it is spent (long
+    before --steps), ending near the schedule's floor; resuming a spent run trains no further."""
+    s = TrainSettings(out=str(tmp_path / "run"), steps=100_000, warmup_steps=1, lr=2e-3, checkpoint_every=1000,
+                      time_budget_s=3.0, overrides=TINY)
+    train(s, source=FixedPairs(), progress=False)
+    hist = json.loads((tmp_path / "run" / "train_state" / "state.json").read_text())["state"]["history"]
+    spent = sum(h["time_s"] for h in hist)
+    assert 3.0 <= spent < 3.0 + 5 * max(h["time_s"] for h in hist) and 2 < len(hist) < 100_000
+    from panoptic_ros.model.train import lr_at
+    before = np.cumsum([0.0] + [h["time_s"] for h in hist])
+    assert [h["lr"] for h in hist] == [lr_at(i, s, before[i]) for i in range(len(hist))]  # time is the clock
+    assert hist[0]["lr"] == s.lr and hist[-1]["lr"] < 0.3 * s.lr  # decayed over the budget
+    train(s, source=FixedPairs(), progress=False)
+    again = json.loads((tmp_path / "run" / "train_state" / "state.json").read_text())["state"]["history"]
+    assert len(again) == len(hist)

@@ -9,6 +9,18 @@ appearance-embedding loss contrasts the same objects across frames.
 
 Everything that must survive an interruption lives in ``OUT/train_state``
 (safetensors + JSON); re-running the same command resumes from there.
+
+On a machine with many cores and a GPU, rendering frames in the training
+process starves the GPU: ``--data-workers N`` renders them in N processes.
+The data of step i then depends only on the seed and i (not on the number of
+workers, nor on where a run was resumed). Building a synthetic world costs
+several times more than rendering a frame of it, so under these workers the
+steps come in chunks of ``CHUNK_STEPS`` that draw their pairs from a pool of
+worlds (one per ``PAIRS_PER_WORLD`` pairs of the chunk), each world built
+once per chunk. ``--time-budget-s T`` makes the
+learning-rate schedule run over T seconds of training instead of ``--steps``
+and stops there (at ``--steps`` at the latest), so a run fits a fixed slot
+on a lent machine and still ends its schedule.
 """
 from __future__ import annotations
 
@@ -19,7 +31,7 @@ import math
 import os
 import random
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -64,6 +76,8 @@ class TrainSettings:
     channels_last: bool = True  # NHWC activations: measured 15% faster steps on the development CPU
     min_instance_area: int = 16
     init: str = ""  # start from these weights (a model .safetensors with its card), e.g. to continue a shipped model
+    data_workers: int = 0  # processes rendering synthetic frames; > 0: step-keyed sampling (see the module doc)
+    time_budget_s: float = 0.0  # > 0: the schedule runs over this much training time, which ends the run
     overrides: dict = field(default_factory=dict)  # ModelConfig overrides
 
 
@@ -76,24 +90,30 @@ class PairSource(Protocol):
 class SyntheticPairs:
     """Two frames of one synthetic training sequence, up to ``max_gap`` frames apart."""
 
-    def __init__(self, cfg: ModelConfig, settings: TrainSettings) -> None:
+    def __init__(self, cfg: ModelConfig, settings: TrainSettings, cache_size: int = 8) -> None:
         from panoptic_ros.synth import SynthConfig, SyntheticSequence
 
         self._sequence_cls = SyntheticSequence
         self.synth_config = SynthConfig(height=cfg.input_height, width=cfg.input_width)
         self.s = settings
+        self.cache_size = cache_size
         self._cache: OrderedDict[int, object] = OrderedDict()
 
     def _sequence(self, seed: int):
         if seed not in self._cache:
             self._cache[seed] = self._sequence_cls(seed=seed, num_frames=self.s.frames_per_sequence,
                                                    config=self.synth_config)
-            while len(self._cache) > 8:
+            while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(seed)
         return self._cache[seed]
 
     def sample(self, rng: random.Random) -> tuple[PanopticFrame, PanopticFrame]:
-        seed = self.s.train_seed_start + rng.randrange(self.s.train_sequences)
+        return self.pair(self.s.train_seed_start + rng.randrange(self.s.train_sequences), rng)
+
+    def pair(self, seed: int, rng: random.Random) -> tuple[PanopticFrame, PanopticFrame]:
+        """Two frames of training sequence ``seed``, up to ``max_frame_gap`` apart."""
         seq = self._sequence(seed)
         n = self.s.frames_per_sequence
         a = rng.randrange(n)
@@ -167,11 +187,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def lr_at(step: int, s: TrainSettings) -> float:
-    """Linear warm-up, then cosine decay to 5% of the peak."""
+def lr_at(step: int, s: TrainSettings, elapsed_s: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 5% of the peak: over the steps, or over ``time_budget_s``."""
     if step < s.warmup_steps:
         return s.lr * (step + 1) / s.warmup_steps
-    t = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+    if s.time_budget_s > 0:
+        t = elapsed_s / s.time_budget_s
+    else:
+        t = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
     return s.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
@@ -186,6 +209,91 @@ def batches(source: PairSource, s: TrainSettings, cfg: ModelConfig, rng: random.
         yield samples
 
 
+CHUNK_STEPS = 16  # step-keyed sampling: steps that share a pool of synthetic worlds
+PAIRS_PER_WORLD = 4  # ... and how many of the chunk's pairs each world of the pool serves on average
+
+
+def step_rng(seed: int, step: int, pair: int) -> random.Random:
+    """The random stream of one pair of one step under step-keyed sampling (``data_workers`` > 0)."""
+    return random.Random(int(np.random.SeedSequence([seed, step, pair]).generate_state(1, np.uint64)[0]))
+
+
+def world_pool(s: TrainSettings, chunk: int) -> list[int]:
+    """The training sequences (seeds) the steps of ``chunk`` draw their pairs from."""
+    size = max(1, CHUNK_STEPS * s.pairs_per_step // PAIRS_PER_WORLD)
+    rng = random.Random(int(np.random.SeedSequence([s.seed, chunk, 1 << 20]).generate_state(1, np.uint64)[0]))
+    return [s.train_seed_start + rng.randrange(s.train_sequences) for _ in range(size)]
+
+
+def step_samples(source: SyntheticPairs, s: TrainSettings, cfg: ModelConfig, step: int) -> list:
+    """The training samples of ``step`` under step-keyed sampling: a function of (seed, step) alone."""
+    pool = world_pool(s, step // CHUNK_STEPS)
+    samples = []
+    for pair in range(s.pairs_per_step):
+        rng = step_rng(s.seed, step, pair)
+        flip = rng.random() < 0.5
+        for frame in source.pair(pool[rng.randrange(len(pool))], rng):
+            samples.append(frame_to_sample(frame, cfg.classes, s.min_instance_area, flip,
+                                           (cfg.input_height, cfg.input_width)))
+    return samples
+
+
+_WORKER: tuple | None = None  # (source, settings, config) in a data-worker process
+
+
+def _init_worker(cfg: ModelConfig, s: TrainSettings) -> None:
+    global _WORKER
+    import cv2
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    _WORKER = (SyntheticPairs(cfg, s, cache_size=len(world_pool(s, 0))), s, cfg)
+
+
+def _worker_steps(first: int, stop: int) -> list[list[tuple]]:
+    """Steps first..stop-1 (within one chunk: its worlds are built once, here)."""
+    source, s, cfg = _WORKER
+    # Plain arrays through the pipe: torch's own tensor pickling would pass shared-memory handles.
+    return [[(x.image.numpy(), x.semantic.numpy(), x.instances.boxes.numpy(), x.instances.labels.numpy(),
+              x.instances.masks.numpy(), x.instances.track_ids.numpy()) for x in step_samples(source, s, cfg, k)]
+            for k in range(first, stop)]
+
+
+def _from_arrays(arrays: tuple):
+    from panoptic_ros.model.instance_head import InstanceTargets
+    from panoptic_ros.model.targets import TrainingSample
+    image, semantic, boxes, labels, masks, track_ids = (torch.from_numpy(a) for a in arrays)
+    return TrainingSample(image, semantic, InstanceTargets(boxes, labels, masks, track_ids))
+
+
+class ParallelSteps:
+    """Step-keyed samples rendered ahead by ``workers`` processes (a chunk each), delivered in step order."""
+
+    def __init__(self, cfg: ModelConfig, s: TrainSettings, first_step: int, workers: int) -> None:
+        import multiprocessing
+        self._pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker,
+                                                               initargs=(cfg, s))
+        self._pending: deque = deque()  # chunk results, in order
+        self._ready: deque = deque()  # steps of the chunk being consumed
+        self._next = first_step
+        self._depth = workers + 1
+
+    def __iter__(self) -> "ParallelSteps":
+        return self
+
+    def __next__(self) -> list:
+        while len(self._pending) < self._depth:
+            stop = (self._next // CHUNK_STEPS + 1) * CHUNK_STEPS
+            self._pending.append(self._pool.apply_async(_worker_steps, (self._next, stop)))
+            self._next = stop
+        if not self._ready:
+            self._ready.extend(self._pending.popleft().get())
+        return [_from_arrays(a) for a in self._ready.popleft()]
+
+    def close(self) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+
 def train(s: TrainSettings, source: PairSource | None = None, progress: bool = True,
           evaluate_fn=None) -> Path:
     """Train (or resume) and write OUT/model.safetensors + model.json; returns the weights path."""
@@ -194,6 +302,12 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
     if s.threads:
         torch.set_num_threads(s.threads)
     device = pick_device(s.device)
+    if s.data_workers < 0 or s.time_budget_s < 0:
+        raise ValueError(f"--data-workers and --time-budget-s must be >= 0, got {s.data_workers} and "
+                         f"{s.time_budget_s}")
+    if s.data_workers and (s.data != "synth" or source is not None):
+        raise ValueError("--data-workers renders synthetic frames; a dataset directory is read in the training "
+                         "process (leave --data-workers at 0)")
     if source is None and s.data != "synth":
         source = DatasetPairs(s.data, s)
     overrides = dict(s.overrides)
@@ -233,52 +347,74 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
     (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
     source = source or SyntheticPairs(cfg, s)
     use_amp = s.amp and device.type == "cuda"
-    data = batches(source, s, cfg, rng)
+    data = ParallelSteps(cfg, s, step, s.data_workers) if s.data_workers else batches(source, s, cfg, rng)
+    elapsed = sum(h["time_s"] for h in history)  # training time so far (the time budget's clock)
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=s.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     t_last = time.time()
-    while step < s.steps:
+    try:
+        step, elapsed = _loop(model, optimizer, ema, data, s, device, use_amp, step, elapsed, history, rng,
+                              state_dir, out, bar, cfg, source, evaluate_fn, t_last)
+    finally:
+        if isinstance(data, ParallelSteps):
+            data.close()
+    if bar is not None:
+        bar.close()
+    return _export(ema.model if ema else model, cfg, s, source, history, out, evaluate_fn, interim=False)
+
+
+def _loop(model, optimizer, ema, data, s: TrainSettings, device, use_amp: bool, step: int, elapsed: float,
+          history: list[dict], rng: random.Random, state_dir: Path, out: Path, bar, cfg: ModelConfig,
+          source, evaluate_fn, t_last: float) -> tuple[int, float]:
+    # bf16 where the GPU has it (no loss scaling needed); else fp16 with a gradient scaler, without which
+    # small fp16 gradients underflow to zero.
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    while step < s.steps and not (s.time_budget_s > 0 and elapsed >= s.time_budget_s):
         samples = next(data)
         images = torch.stack([x.image for x in samples]).to(device, non_blocking=True)
         if s.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         semantic = torch.stack([x.semantic for x in samples]).to(device, non_blocking=True)
         targets = [_to_device(x.instances, device) for x in samples]
+        lr = lr_at(step, s, elapsed)
         for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, s)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            g["lr"] = lr
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             losses = model.loss(images, semantic, targets)
         total = sum(losses.values())
         if not torch.isfinite(total):
             raise FloatingPointError(f"loss became {float(total)} at step {step}: {_fmt(losses)}; "
                                      "lower --lr or resume from the last checkpoint")
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        scaler.scale(total).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)  # skipped (and the scale lowered) when a scaled fp16 gradient overflowed
+        scaler.update()
         step += 1
         if ema is not None:
             ema.update(model, step)
-        rec = {"step": step, "lr": lr_at(step - 1, s), "total": total.item(), "grad_norm": float(grad_norm),
+        rec = {"step": step, "lr": lr, "total": total.item(), "grad_norm": float(grad_norm),
                "time_s": time.time() - t_last, **{k: v.item() for k, v in losses.items()}}
         t_last = time.time()
+        elapsed += rec["time_s"]
+        out_of_time = s.time_budget_s > 0 and elapsed >= s.time_budget_s
         history.append(rec)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{rec['total']:.3f}", sem=f"{rec['loss_semantic']:.3f}",
                             mask=f"{rec['loss_mask']:.3f}", s_per_step=f"{rec['time_s']:.2f}")
-        if step % s.checkpoint_every == 0 or step == s.steps:
+        if step % s.checkpoint_every == 0 or step == s.steps or out_of_time:
             _checkpoint(state_dir, model, optimizer, step, history, rng)
             if ema is not None:
                 ema.save(state_dir / "ema.safetensors")
             plot_losses(history, out / "loss_curves.png")
         if evaluate_fn is not None and s.eval_every and step % s.eval_every == 0 and step < s.steps:
             _export(ema.model if ema else model, cfg, s, source, history, out, evaluate_fn, interim=True)
-    if bar is not None:
-        bar.close()
-    return _export(ema.model if ema else model, cfg, s, source, history, out, evaluate_fn, interim=False)
+    return step, elapsed
 
 
 class WeightAverage:
@@ -419,12 +555,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=d.data, help="'synth' or a dataset directory (Cityscapes/COCO/video panoptic)")
     for name in ("steps", "pairs_per_step", "warmup_steps", "seed", "train_seed_start", "train_sequences",
                  "frames_per_sequence", "max_frame_gap", "eval_seed_start", "eval_sequences", "eval_frames",
-                 "eval_every", "checkpoint_every", "threads", "min_instance_area"):
+                 "eval_every", "checkpoint_every", "threads", "min_instance_area", "data_workers"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "weight_decay", "grad_clip", "ema_decay"):
+    for name in ("lr", "weight_decay", "grad_clip", "ema_decay", "time_budget_s"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="disable fp16 autocast on CUDA")
+    p.add_argument("--no-amp", dest="amp", action="store_false",
+                   help="disable mixed precision on CUDA (bf16 autocast, or fp16 with gradient scaling)")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="NCHW activations instead of channels-last (NHWC, the faster default)")
     p.add_argument("--init", default="", help="initialise from a model .safetensors (continue training a model)")
