@@ -379,8 +379,8 @@ def test_tune_tracker_scores_cached_detections_as_track_compare_does(tmp_path) -
     ours = report.score("gt", "ours")
     assert cached["idf1"] == pytest.approx(ours.idf1) and cached["hota"] == pytest.approx(ours.hota)
     assert cached["mota"] == pytest.approx(ours.mota) and cached["id_switches"] == ours.id_switches
-    assert (cached["events"], cached["switched"], cached["kept"]) == (ours.events, ours.event_switches,
-                                                                      ours.event_kept)
+    assert (cached["events"], cached["event_switches"], cached["event_kept"]) == (ours.events, ours.event_switches,
+                                                                                  ours.event_kept)
     assert tune_tracker.parse_variant("a=reid_min_similarity:0.6,min_hits:3") == \
         ("a", {"reid_min_similarity": 0.6, "min_hits": 3})
     with pytest.raises(ValueError, match="unknown tracker parameter"):

@@ -36,7 +36,7 @@ from panoptic_ros.metrics.mot import (EventSwitchResult, OcclusionEvent,  # noqa
                                       combine_tracking_results, evaluate_tracking, id_switches_in_events)
 from panoptic_ros.panoptic import PanopticResult  # noqa: E402
 from panoptic_ros.params import TrackerParams, iter_params, validate_value  # noqa: E402
-from panoptic_ros.tracking.compare import DetectionOverlap, ignore_mask  # noqa: E402
+from panoptic_ros.tracking.compare import DetectionOverlap, ignore_mask, tracker_score  # noqa: E402
 from panoptic_ros.tracking.tracker import Tracker  # noqa: E402
 
 FPS = 10.0
@@ -113,6 +113,7 @@ def load_sequence(path: Path) -> CachedSequence:
 
 
 def score(seqs: list[CachedSequence], params: TrackerParams) -> dict:
+    """Track every cached sequence afresh and score it as track-compare does (``TrackerScore`` fields)."""
     results, outcomes = [], []
     seconds, frames = 0.0, 0
     for s in seqs:
@@ -126,11 +127,9 @@ def score(seqs: list[CachedSequence], params: TrackerParams) -> dict:
             tf.append(ov.tracking_frame(out.track_ids_by_detection(r.num_instances)))
         results.append(evaluate_tracking(tf, 0.5))
         outcomes.extend(id_switches_in_events(tf, s.events, 0.5).outcomes)
-    c = combine_tracking_results(results)
-    ev = EventSwitchResult(tuple(outcomes))
-    return {"idf1": c.identity.idf1, "hota": c.hota.hota, "mota": c.clear.mota, "id_switches": c.clear.num_switches,
-            "events": ev.num_events, "switched": ev.num_switches, "kept": ev.num_kept, "lost": ev.num_lost,
-            "untracked_before": ev.num_untracked_before, "ms_per_frame": 1e3 * seconds / max(frames, 1)}
+    row = tracker_score(("model", "ours"), combine_tracking_results(results), EventSwitchResult(tuple(outcomes)),
+                        1e3 * seconds / max(frames, 1))
+    return {k: v for k, v in dataclasses.asdict(row).items() if k not in ("input", "tracker")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         report["test"] = [{"variant": n, "changes": c, **score(test, dataclasses.replace(TrackerParams(), **c))}
                           for n, c in chosen.items()]
     (args.out / "tune_tracker.json").write_text(json.dumps(report, indent=2))
-    cols = ("idf1", "hota", "mota", "id_switches", "switched", "kept", "lost", "untracked_before", "ms_per_frame")
+    cols = ("idf1", "hota", "mota", "id_switches", "event_switches", "event_kept", "event_lost",
+            "event_untracked_before", "ms_per_frame")
     lines = [f"# Tracker settings on model detections ({model_path.name}, {sha})", "",
              f"Validation seeds {val_seeds[0]}..{val_seeds[-1]}, {args.frames} frames at {args.size}.", "",
              "| variant | changes | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]

@@ -198,14 +198,18 @@ def lr_at(step: int, s: TrainSettings, elapsed_s: float = 0.0) -> float:
     return s.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def _pair_samples(frames: tuple[PanopticFrame, PanopticFrame], flip: bool, s: TrainSettings,
+                  cfg: ModelConfig) -> list:
+    return [frame_to_sample(f, cfg.classes, s.min_instance_area, flip, (cfg.input_height, cfg.input_width))
+            for f in frames]
+
+
 def batches(source: PairSource, s: TrainSettings, cfg: ModelConfig, rng: random.Random) -> Iterator:
     while True:
         samples = []
         for _ in range(s.pairs_per_step):
             flip = rng.random() < 0.5
-            for frame in source.sample(rng):
-                samples.append(frame_to_sample(frame, cfg.classes, s.min_instance_area, flip,
-                                               (cfg.input_height, cfg.input_width)))
+            samples += _pair_samples(source.sample(rng), flip, s, cfg)
         yield samples
 
 
@@ -232,9 +236,7 @@ def step_samples(source: SyntheticPairs, s: TrainSettings, cfg: ModelConfig, ste
     for pair in range(s.pairs_per_step):
         rng = step_rng(s.seed, step, pair)
         flip = rng.random() < 0.5
-        for frame in source.pair(pool[rng.randrange(len(pool))], rng):
-            samples.append(frame_to_sample(frame, cfg.classes, s.min_instance_area, flip,
-                                           (cfg.input_height, cfg.input_width)))
+        samples += _pair_samples(source.pair(pool[rng.randrange(len(pool))], rng), flip, s, cfg)
     return samples
 
 
@@ -353,68 +355,61 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=s.steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    # bf16 where the GPU has it (no loss scaling needed); else fp16 with a gradient scaler, without which
+    # small fp16 gradients underflow to zero.
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+    out_of_time = s.time_budget_s > 0 and elapsed >= s.time_budget_s
     t_last = time.time()
     try:
-        step, elapsed = _loop(model, optimizer, ema, data, s, device, use_amp, step, elapsed, history, rng,
-                              state_dir, out, bar, cfg, source, evaluate_fn, t_last)
+        while step < s.steps and not out_of_time:
+            samples = next(data)
+            images = torch.stack([x.image for x in samples]).to(device, non_blocking=True)
+            if s.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            semantic = torch.stack([x.semantic for x in samples]).to(device, non_blocking=True)
+            targets = [_to_device(x.instances, device) for x in samples]
+            lr = lr_at(step, s, elapsed)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                losses = model.loss(images, semantic, targets)
+            total = sum(losses.values())
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"loss became {float(total)} at step {step}: {_fmt(losses)}; "
+                                         "lower --lr or resume from the last checkpoint")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            scaler.step(optimizer)  # skipped (and the scale lowered) when a scaled fp16 gradient overflowed
+            scaler.update()
+            step += 1
+            if ema is not None:
+                ema.update(model, step)
+            rec = {"step": step, "lr": lr, "total": total.item(), "grad_norm": float(grad_norm),
+                   "time_s": time.time() - t_last, **{k: v.item() for k, v in losses.items()}}
+            t_last = time.time()
+            elapsed += rec["time_s"]
+            out_of_time = s.time_budget_s > 0 and elapsed >= s.time_budget_s
+            history.append(rec)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['total']:.3f}", sem=f"{rec['loss_semantic']:.3f}",
+                                mask=f"{rec['loss_mask']:.3f}", s_per_step=f"{rec['time_s']:.2f}")
+            if step % s.checkpoint_every == 0 or step == s.steps or out_of_time:
+                _checkpoint(state_dir, model, optimizer, step, history, rng)
+                if ema is not None:
+                    ema.save(state_dir / "ema.safetensors")
+                plot_losses(history, out / "loss_curves.png")
+            if evaluate_fn is not None and s.eval_every and step % s.eval_every == 0 and step < s.steps:
+                _export(ema.model if ema else model, cfg, s, source, history, out, evaluate_fn, interim=True)
     finally:
         if isinstance(data, ParallelSteps):
             data.close()
     if bar is not None:
         bar.close()
     return _export(ema.model if ema else model, cfg, s, source, history, out, evaluate_fn, interim=False)
-
-
-def _loop(model, optimizer, ema, data, s: TrainSettings, device, use_amp: bool, step: int, elapsed: float,
-          history: list[dict], rng: random.Random, state_dir: Path, out: Path, bar, cfg: ModelConfig,
-          source, evaluate_fn, t_last: float) -> tuple[int, float]:
-    # bf16 where the GPU has it (no loss scaling needed); else fp16 with a gradient scaler, without which
-    # small fp16 gradients underflow to zero.
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
-    while step < s.steps and not (s.time_budget_s > 0 and elapsed >= s.time_budget_s):
-        samples = next(data)
-        images = torch.stack([x.image for x in samples]).to(device, non_blocking=True)
-        if s.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        semantic = torch.stack([x.semantic for x in samples]).to(device, non_blocking=True)
-        targets = [_to_device(x.instances, device) for x in samples]
-        lr = lr_at(step, s, elapsed)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            losses = model.loss(images, semantic, targets)
-        total = sum(losses.values())
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"loss became {float(total)} at step {step}: {_fmt(losses)}; "
-                                     "lower --lr or resume from the last checkpoint")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        scaler.step(optimizer)  # skipped (and the scale lowered) when a scaled fp16 gradient overflowed
-        scaler.update()
-        step += 1
-        if ema is not None:
-            ema.update(model, step)
-        rec = {"step": step, "lr": lr, "total": total.item(), "grad_norm": float(grad_norm),
-               "time_s": time.time() - t_last, **{k: v.item() for k, v in losses.items()}}
-        t_last = time.time()
-        elapsed += rec["time_s"]
-        out_of_time = s.time_budget_s > 0 and elapsed >= s.time_budget_s
-        history.append(rec)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['total']:.3f}", sem=f"{rec['loss_semantic']:.3f}",
-                            mask=f"{rec['loss_mask']:.3f}", s_per_step=f"{rec['time_s']:.2f}")
-        if step % s.checkpoint_every == 0 or step == s.steps or out_of_time:
-            _checkpoint(state_dir, model, optimizer, step, history, rng)
-            if ema is not None:
-                ema.save(state_dir / "ema.safetensors")
-            plot_losses(history, out / "loss_curves.png")
-        if evaluate_fn is not None and s.eval_every and step % s.eval_every == 0 and step < s.steps:
-            _export(ema.model if ema else model, cfg, s, source, history, out, evaluate_fn, interim=True)
-    return step, elapsed
 
 
 class WeightAverage:

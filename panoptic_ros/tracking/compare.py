@@ -488,7 +488,7 @@ def run_compare(settings: CompareSettings) -> CompareReport:
     for p in scored:
         combined = combine_tracking_results(results[p])
         ev = EventSwitchResult(tuple(o for r in outcomes[p] for o in r.outcomes))
-        scores.append(_score(p, combined, ev, 1e3 * seconds[p] / max(n_frames, 1)))
+        scores.append(tracker_score(p, combined, ev, 1e3 * seconds[p] / max(n_frames, 1)))
     reference = scores.pop() if IDEAL in scored else None
     records = [r for r in records if (r.input, r.tracker) != IDEAL]
     if settings.timeline_sequence >= 0:
@@ -513,7 +513,8 @@ def _add_stats(total: DetectionStats, s) -> None:
     total.false_positives += s.false_positives
 
 
-def _score(pair: tuple[str, str], r: TrackingResult, ev: EventSwitchResult, ms: float) -> TrackerScore:
+def tracker_score(pair: tuple[str, str], r: TrackingResult, ev: EventSwitchResult, ms: float) -> TrackerScore:
+    """One (input, tracker) row from its combined tracking metrics and occlusion-event outcomes."""
     c, i, h = r.clear, r.identity, r.hota
     return TrackerScore(input=pair[0], tracker=pair[1], idf1=i.idf1, idp=i.idp, idr=i.idr, hota=h.hota,
                         deta=h.det_a, assa=h.ass_a, mota=c.mota, id_switches=c.num_switches,
