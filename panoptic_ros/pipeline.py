@@ -367,7 +367,7 @@ class Pipeline:
         outputs: list[FrameOutput | FrameFailure] = []
         for start in range(0, len(frames), self.max_batch):
             chunk = list(frames[start:start + self.max_batch])
-            outputs += self._finish_chunk(chunk, self._predict(chunk))
+            outputs += self.finish_batch(chunk, self._predict(chunk))
         return outputs
 
     def close(self) -> None:
@@ -388,10 +388,17 @@ class Pipeline:
         return render_overlay(output.image_rgb, output.semantic, output.tracked.track_map,
                               self.classes.palette(), alpha, tags)
 
-    # ------------------------------------------------------------------ internals
+    def finish_batch(self, chunk: Sequence[CameraFrame],
+                     results: Sequence[PanopticResult | FrameFailure]) -> list[FrameOutput | FrameFailure]:
+        """The host half of :meth:`process_each` for results already computed: tracking and outputs.
 
-    def _finish_chunk(self, chunk: list[CameraFrame],
-                      results: list[PanopticResult | FrameFailure]) -> list[FrameOutput | FrameFailure]:
+        ``results[i]`` belongs to ``chunk[i]`` (a :class:`FrameFailure` passes
+        through). The cameras of the batch are tracked in parallel threads
+        unless ``tracking_threads`` is 1. ``tools/bench_host.py`` times this
+        stage alone.
+        """
+        if len(results) != len(chunk):
+            raise ValueError(f"finish_batch got {len(results)} results for {len(chunk)} frames")
         out: list[FrameOutput | FrameFailure | None] = list(results)
         by_camera: dict[str, list[int]] = {}
         for i, (frame, result) in enumerate(zip(chunk, results)):
@@ -412,6 +419,8 @@ class Pipeline:
             for indices in by_camera.values():
                 finish(indices)
         return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ internals
 
     def _predict(self, chunk: list[CameraFrame]) -> list[PanopticResult | FrameFailure]:
         try:

@@ -382,5 +382,17 @@ def test_tracking_threads_give_the_same_outputs_as_serial_tracking() -> None:
         assert [(o.track.track_id, o.track.state) for o in a.objects] == [(o.track.track_id, o.track.state)
                                                                           for o in b.objects]
     assert sum(len(o.objects) for o in outs[0]) >= 15  # the objects were tracked, not just dropped
+    # The host half alone, on results computed elsewhere (what tools/bench_host.py times), gives the same.
+    pipe = Pipeline(ScriptedPredictor([]), tracker=PERMISSIVE_TRACKER, max_batch=3)
+    predictor = ScriptedPredictor(script)
+    host = []
+    for start in range(0, len(frames), 3):
+        chunk = frames[start:start + 3]
+        host += pipe.finish_batch(chunk, predictor.predict([f.image_rgb for f in chunk]))
+    for a, b in zip(outs[1], host):
+        np.testing.assert_array_equal(a.panoptic, b.panoptic)
+    with pytest.raises(ValueError, match="2 results for 3 frames"):
+        pipe.finish_batch(frames[:3], host[:2])
+    pipe.close()
     with pytest.raises(ValueError, match="tracking_threads"):
         Pipeline(ScriptedPredictor([]), tracking_threads=-1)

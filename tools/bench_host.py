@@ -84,7 +84,7 @@ def main() -> int:
             for k in range(args.frames):
                 chunk = [CameraFrame(cam, frames[c][k], 0.1 * k) for c, cam in enumerate(cams)]
                 t0 = time.perf_counter()
-                pipe._finish_chunk(chunk, [results[c][k] for c in range(args.cameras)])
+                pipe.finish_batch(chunk, [results[c][k] for c in range(args.cameras)])
                 stages[name].append((time.perf_counter() - t0) * 1e3)
             pipe.close()
     med = {k: float(np.median(v)) for k, v in stages.items()}
