@@ -33,8 +33,8 @@ metrics are sums over units (accumulators merged in the units' name order),
 so a parallel run reports exactly what a serial one does.
 
 Outputs in ``--out``: ``report.md`` (tables and the PNG plots
-``per_class_pq.png``, ``id_timeline.png``, ``latency_hist.png``) and
-``report.json``. ``--compare OTHER.json`` adds a side-by-side table with the
+``per_class_pq.png``, ``recall_by_area.png``, ``id_timeline.png``,
+``latency_hist.png``) and ``report.json``. ``--compare OTHER.json`` adds a side-by-side table with the
 deltas, written to ``compare.md`` and printed, and flags regressions: PQ,
 PQ things/stuff, mIoU, VPQ or STQ down by more than 0.005; IDF1, HOTA or MOTA
 down by more than 0.01; p50 latency up by more than 10 %.

@@ -9,7 +9,9 @@ no display needed):
   the predicted id it was matched to, one colour per predicted id; pale red
   where it was visible but matched to nothing, hatched grey where it was
   fully hidden; a colour change along a row is an ID switch;
-- ``latency_hist.png``: per-frame processing latency with p50 and p99.
+- ``latency_hist.png``: per-frame processing latency with p50 and p99;
+- ``recall_by_area.png``: the share of ground-truth segments found (matched),
+  by segment area, per thing class in its colour, all things and all stuff.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 PQ_PLOT = "per_class_pq.png"
 TIMELINE_PLOT = "id_timeline.png"
 LATENCY_PLOT = "latency_hist.png"
+AREA_PLOT = "recall_by_area.png"
 TIMELINE_SEQUENCES = 3  # sequences drawn in the ID timeline
 TIMELINE_TRACKS = 30  # ground-truth objects per sequence, the longest-visible first
 _MISSED_RGB = (0.98, 0.75, 0.75)
@@ -169,6 +172,43 @@ def plot_latency(report: "EvaluationReport", path: Path) -> Path:
     return path
 
 
+def plot_recall_by_area(report: "EvaluationReport", path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    from panoptic_ros.metrics.pq import area_bin_labels
+
+    area = report.pq.by_area
+    labels = area_bin_labels()
+    x = np.arange(len(labels))
+    fig = Figure(figsize=(7.0, 4.0), dpi=110)
+    ax = fig.add_subplot()
+
+    def line(row: dict, **style) -> None:
+        recall = [np.nan if v is None else v for v in row["recall"]]
+        ax.plot(x, recall, marker="o", **style)
+
+    for info in report.classes.classes:
+        row = area["per_class"].get(info.name)
+        if info.is_thing and row is not None and sum(row["gt"]):
+            line(row, color=tuple(c / 255.0 for c in info.color_rgb), linewidth=1, markersize=3,
+                 label=f"{info.name} ({sum(row['gt'])})")
+    for name, style in (("things", {"color": "black", "linewidth": 2.5}),
+                        ("stuff", {"color": "dimgray", "linewidth": 2, "linestyle": "--"})):
+        line(area[name], label=f"all {name} ({sum(area[name]['gt'])})", **style)
+    for xi, n in zip(x, area["things"]["gt"]):
+        ax.text(xi, 1.03, f"n={n}", ha="center", fontsize=7)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_xlabel("ground-truth segment area (px)")
+    ax.set_ylabel("recall (segments matched, IoU > 0.5)")
+    ax.set_ylim(0, 1.1)
+    ax.grid(alpha=0.3)
+    ax.set_title("Recall by segment area (n = thing segments per bin)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
 # --------------------------------------------------------------------------- markdown
 
 
@@ -176,6 +216,30 @@ def _table(header: list[str], rows: list[list[str]], align: str = "") -> list[st
     align = align or "l" + "r" * (len(header) - 1)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _area_section(report: "EvaluationReport", plots: dict[str, Path]) -> list[str]:
+    """Recall by ground-truth segment area, per class and group, and false positives by their area."""
+    from panoptic_ros.metrics.pq import area_bin_labels
+
+    area = report.pq.by_area
+    if area is None or AREA_PLOT not in plots:
+        return []
+
+    def cells(row: dict) -> list[str]:
+        return [f"{_pct(r)} ({g})" if g else "-" for r, g in zip(row["recall"], row["gt"])]
+
+    thing_names = [c.name for c in report.classes.classes if c.is_thing]
+    rows = [[n, *cells(area["per_class"][n])] for n in thing_names if sum(area["per_class"].get(n, {"gt": [0]})["gt"])]
+    rows += [["**all things**", *cells(area["things"])], ["**all stuff**", *cells(area["stuff"])]]
+    labels = area_bin_labels()
+    lines = ["", "### Recall by segment area", "", f"![recall by area]({plots[AREA_PLOT].name})", "",
+             "Share of ground-truth segments matched (IoU > 0.5), in %, with the number of segments, by the "
+             "segment's area in pixels (crowd left out):", ""]
+    lines += _table(["class", *labels], rows)
+    lines += ["", "False positives by their own area:", ""]
+    lines += _table(["", *labels], [[name, *(str(v) for v in area[name]["fp"])] for name in ("things", "stuff")])
+    return lines
 
 
 def report_markdown(report: "EvaluationReport", plots: dict[str, Path], comparison: "Comparison | None") -> str:
@@ -206,6 +270,7 @@ def report_markdown(report: "EvaluationReport", plots: dict[str, Path], comparis
         rows.append([r.name, "thing" if r.is_thing else "stuff", _pct(r.pq), _pct(r.sq), _pct(r.rq), str(r.tp),
                      str(r.fp), str(r.fn), _pct(miou.iou[r.class_id]) if miou is not None else "n/a"])
     lines += _table(["class", "kind", "PQ", "SQ", "RQ", "TP", "FP", "FN", "IoU"], rows, "llrrrrrrr")
+    lines += _area_section(report, plots)
     lines += ["", "VPQ per window size (frames):", ""]
     lines += _table(["window", "VPQ", "things", "stuff", "windows"],
                     [[str(k), _pct(r.all.pq), _pct(r.things.pq), _pct(r.stuff.pq), str(r.num_images)]
@@ -264,6 +329,8 @@ def write_report(report: "EvaluationReport", out_dir: Path, comparison: "Compari
              TIMELINE_PLOT: plot_id_timeline(report, out_dir / TIMELINE_PLOT)}
     if report.latencies_ms:
         plots[LATENCY_PLOT] = plot_latency(report, out_dir / LATENCY_PLOT)
+    if report.pq.by_area is not None:
+        plots[AREA_PLOT] = plot_recall_by_area(report, out_dir / AREA_PLOT)
     doc = report.to_dict()
     if comparison is not None:
         doc["comparison"] = comparison.to_dict()
@@ -273,5 +340,5 @@ def write_report(report: "EvaluationReport", out_dir: Path, comparison: "Compari
     return [out_dir / REPORT_MD, out_dir / REPORT_JSON]
 
 
-__all__ = ["LATENCY_PLOT", "PQ_PLOT", "TIMELINE_PLOT", "plot_id_timeline", "plot_latency", "plot_per_class_pq",
-           "report_markdown", "write_report"]
+__all__ = ["AREA_PLOT", "LATENCY_PLOT", "PQ_PLOT", "TIMELINE_PLOT", "plot_id_timeline", "plot_latency",
+           "plot_per_class_pq", "plot_recall_by_area", "report_markdown", "write_report"]

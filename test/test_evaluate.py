@@ -273,12 +273,17 @@ def test_report_files_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture) -
     rc, stdout, err = run_cli(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(out)], capsys)
     assert rc == 0, err
     md = (out / "report.md").read_text()
-    for png in ("per_class_pq.png", "id_timeline.png", "latency_hist.png"):
+    for png in ("per_class_pq.png", "recall_by_area.png", "id_timeline.png", "latency_hist.png"):
         assert f"]({png})" in md
         image = cv2.imread(str(out / png))
         assert image is not None and image.shape[0] > 200 and image.shape[1] > 500, png
         assert image.std() > 10, f"{png} is blank"
     assert "| wall | stuff |" in md and "switched" in md and "Full-occlusion events: 1" in md
+    assert "### Recall by segment area" in md and "| **all things** |" in md
+    by_area = json.loads((out / "report.json").read_text())["pq"]["by_area"]
+    for c in json.loads((out / "report.json").read_text())["pq"]["per_class"]:
+        counts = by_area["per_class"].get(c["name"], {"gt": [0], "matched": [0], "fp": [0]})
+        assert (sum(counts["matched"]), sum(counts["gt"]), sum(counts["fp"])) == (c["tp"], c["tp"] + c["fn"], c["fp"])
     assert str(out / "report.md") in stdout
 
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from panoptic_ros.classes import CITYSCAPES, VOID, ClassInfo, ClassTable
-from panoptic_ros.metrics.pq import MIoUAccumulator, PQAccumulator, PQResult
+from panoptic_ros.metrics.pq import MIoUAccumulator, PQAccumulator, PQResult, area_bin_labels
 
 panopticapi_eval = pytest.importorskip("panopticapi.evaluation")
 
@@ -138,6 +138,10 @@ def _assert_agree(ours: PQResult, ref: dict, stat, table: ClassTable) -> None:
             assert (c.pq, c.sq, c.rq) == pytest.approx((r["pq"], r["sq"], r["rq"]), abs=1e-9), c.name
         else:
             assert math.isnan(c.pq) and math.isnan(c.sq) and math.isnan(c.rq)
+        if ours.by_area is not None:  # the by-area counts are a split of panopticapi's own counts
+            area = ours.by_area["per_class"].get(c.name, {"gt": [0], "matched": [0], "fp": [0]})
+            assert (sum(area["matched"]), sum(area["gt"]) - sum(area["matched"]), sum(area["fp"])) == (
+                s.tp, s.fn, s.fp), c.name
 
 
 # --------------------------------------------------------------------------- random cases
@@ -226,6 +230,7 @@ def test_random_cases_agree_with_panopticapi(tmp_path: Path, seed: int) -> None:
     images = [_random_image(rng, table, big_ids=seed % 4 == 1) for _ in range(int(rng.integers(1, 5)))]
     ref, stat = _panopticapi_single_core(tmp_path, images, table, seed)
     ours = _ours(images, table)
+    assert ours.by_area is not None
     _assert_agree(ours, ref, stat, table)
     assert ours.num_images == len(images)
 
@@ -407,6 +412,34 @@ def test_bad_input_is_refused_with_the_value_named() -> None:
         acc.add(sem, inst, sem, inst, gt_crowd_ids=[0])
     with pytest.raises(ValueError, match="class id 300"):
         acc.add(sem.astype(np.int32) + 300, inst, sem, inst)
+
+
+def test_segments_are_counted_by_area() -> None:
+    """Recall by segment area: ground truth binned by its area, false positives by theirs."""
+    sem, inst = _canvas(40, 40)  # road, 1600 px
+    sem[0:4, 0:4], inst[0:4, 0:4] = 4, 1  # car, 16 px (< 64): found
+    sem[10:20, 0:10], inst[10:20, 0:10] = 4, 2  # car, 100 px (64-256): missed
+    sem[20:40, 20:40], inst[20:40, 20:40] = 3, 3  # person, 400 px (256-1024): found
+    psem, pinst = sem.copy(), inst.copy()
+    psem[10:20, 0:10], pinst[10:20, 0:10] = 0, 0  # the missed car is road
+    psem[0:8, 20:30], pinst[0:8, 20:30] = 4, 9  # a car that is not there, 80 px (64-256)
+    acc = PQAccumulator(SMALL)
+    acc.add(sem, inst, psem, pinst)
+    r = acc.result()
+    area = r.by_area
+    assert area["edges_px"] == [64, 256, 1024, 4096, 16384]
+    assert area["per_class"]["car"] == {"gt": [1, 1, 0, 0, 0, 0], "matched": [1, 0, 0, 0, 0, 0],
+                                        "fp": [0, 1, 0, 0, 0, 0], "recall": [1.0, 0.0, None, None, None, None]}
+    assert area["per_class"]["person"]["matched"] == [0, 0, 1, 0, 0, 0]
+    assert area["per_class"]["road"]["gt"] == [0, 0, 0, 1, 0, 0]  # 1600 - 16 - 100 - 400 = 1084 px
+    assert area["things"]["gt"] == [1, 1, 1, 0, 0, 0] and area["things"]["fp"] == [0, 1, 0, 0, 0, 0]
+    assert set(area["per_class"]) == {"road", "person", "car"}
+    assert json.loads(r.to_json())["by_area"] == area
+    assert area_bin_labels() == ["<64", "64-256", "256-1024", "1024-4096", "4096-16384", ">=16384"]
+    merged = PQAccumulator(SMALL)
+    merged.merge(acc)
+    merged.merge(acc)
+    assert merged.result().by_area["per_class"]["car"]["gt"] == [2, 2, 0, 0, 0, 0]
 
 
 def test_result_renders_as_table_and_json() -> None:
