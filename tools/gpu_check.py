@@ -178,10 +178,13 @@ def train_on_gpu(out: dict, out_dir: Path, budget_s: float, workers: int, device
             report = json.loads((ev / "report.json").read_text())
             row["heldout"] = {k: report["summary"][k] for k in ("pq", "sq", "rq", "pq_things", "pq_stuff", "miou")}
             row["heldout_per_class_pq"] = {c["name"]: c["pq"] for c in report["pq"]["per_class"]}
+            row["heldout_recall_by_area"] = {"edges_px": report["pq"]["by_area"]["edges_px"],
+                                             **{g: report["pq"]["by_area"][g] for g in ("things", "stuff")}}
         # At most 8 files come back from the GPU machine: keep the model, its card, the pictures and the reports.
         for d in (gt, pred, run / "train_state"):
             shutil.rmtree(d, ignore_errors=True)
-        (ev / "id_timeline.png").unlink(missing_ok=True)
+        for picture in ("id_timeline.png", "recall_by_area.png"):  # recall by area: numbers in report.json
+            (ev / picture).unlink(missing_ok=True)
     out["train"] = row
     print(json.dumps(row, default=str)[:2000], flush=True)
     return row.get("rc") == 0 and row.get("eval_rc") == 0
