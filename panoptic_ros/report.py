@@ -24,6 +24,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from panoptic_ros.evaluate import Comparison, EvaluationReport, IdTimeline
+    from panoptic_ros.metrics.pq import AreaRow
 
 PQ_PLOT = "per_class_pq.png"
 TIMELINE_PLOT = "id_timeline.png"
@@ -183,19 +184,18 @@ def plot_recall_by_area(report: "EvaluationReport", path: Path) -> Path:
     fig = Figure(figsize=(7.0, 4.0), dpi=110)
     ax = fig.add_subplot()
 
-    def line(row: dict, **style) -> None:
-        recall = [np.nan if v is None else v for v in row["recall"]]
-        ax.plot(x, recall, marker="o", **style)
+    def line(row: "AreaRow", **style) -> None:
+        ax.plot(x, row.recall, marker="o", **style)
 
     for info in report.classes.classes:
-        row = area["per_class"].get(info.name)
-        if info.is_thing and row is not None and sum(row["gt"]):
+        row = area.per_class.get(info.name)
+        if info.is_thing and row is not None and sum(row.gt):
             line(row, color=tuple(c / 255.0 for c in info.color_rgb), linewidth=1, markersize=3,
-                 label=f"{info.name} ({sum(row['gt'])})")
-    for name, style in (("things", {"color": "black", "linewidth": 2.5}),
-                        ("stuff", {"color": "dimgray", "linewidth": 2, "linestyle": "--"})):
-        line(area[name], label=f"all {name} ({sum(area[name]['gt'])})", **style)
-    for xi, n in zip(x, area["things"]["gt"]):
+                 label=f"{info.name} ({sum(row.gt)})")
+    for name, row, style in (("things", area.things, {"color": "black", "linewidth": 2.5}),
+                             ("stuff", area.stuff, {"color": "dimgray", "linewidth": 2, "linestyle": "--"})):
+        line(row, label=f"all {name} ({sum(row.gt)})", **style)
+    for xi, n in zip(x, area.things.gt):
         ax.text(xi, 1.03, f"n={n}", ha="center", fontsize=7)
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_xlabel("ground-truth segment area (px)")
@@ -226,19 +226,20 @@ def _area_section(report: "EvaluationReport", plots: dict[str, Path]) -> list[st
     if area is None or AREA_PLOT not in plots:
         return []
 
-    def cells(row: dict) -> list[str]:
-        return [f"{_pct(r)} ({g})" if g else "-" for r, g in zip(row["recall"], row["gt"])]
+    def cells(row: "AreaRow") -> list[str]:
+        return [f"{_pct(r)} ({g})" if g else "-" for r, g in zip(row.recall, row.gt)]
 
-    thing_names = [c.name for c in report.classes.classes if c.is_thing]
-    rows = [[n, *cells(area["per_class"][n])] for n in thing_names if sum(area["per_class"].get(n, {"gt": [0]})["gt"])]
-    rows += [["**all things**", *cells(area["things"])], ["**all stuff**", *cells(area["stuff"])]]
+    rows = [[c.name, *cells(area.per_class[c.name])] for c in report.classes.classes
+            if c.is_thing and c.name in area.per_class and sum(area.per_class[c.name].gt)]
+    rows += [["**all things**", *cells(area.things)], ["**all stuff**", *cells(area.stuff)]]
     labels = area_bin_labels()
     lines = ["", "### Recall by segment area", "", f"![recall by area]({plots[AREA_PLOT].name})", "",
              "Share of ground-truth segments matched (IoU > 0.5), in %, with the number of segments, by the "
              "segment's area in pixels (crowd left out):", ""]
     lines += _table(["class", *labels], rows)
     lines += ["", "False positives by their own area:", ""]
-    lines += _table(["", *labels], [[name, *(str(v) for v in area[name]["fp"])] for name in ("things", "stuff")])
+    lines += _table(["", *labels], [[name, *(str(v) for v in row.fp)] for name, row in (("things", area.things),
+                                                                                         ("stuff", area.stuff))])
     return lines
 
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from panoptic_ros.classes import CITYSCAPES, VOID, ClassInfo, ClassTable
-from panoptic_ros.metrics.pq import MIoUAccumulator, PQAccumulator, PQResult, area_bin_labels
+from panoptic_ros.metrics.pq import AreaRow, MIoUAccumulator, PQAccumulator, PQResult, area_bin_labels
 
 panopticapi_eval = pytest.importorskip("panopticapi.evaluation")
 
@@ -139,9 +139,8 @@ def _assert_agree(ours: PQResult, ref: dict, stat, table: ClassTable) -> None:
         else:
             assert math.isnan(c.pq) and math.isnan(c.sq) and math.isnan(c.rq)
         if ours.by_area is not None:  # the by-area counts are a split of panopticapi's own counts
-            area = ours.by_area["per_class"].get(c.name, {"gt": [0], "matched": [0], "fp": [0]})
-            assert (sum(area["matched"]), sum(area["gt"]) - sum(area["matched"]), sum(area["fp"])) == (
-                s.tp, s.fn, s.fp), c.name
+            area = ours.by_area.per_class.get(c.name, AreaRow((0,), (0,), (0,)))
+            assert (sum(area.matched), sum(area.gt) - sum(area.matched), sum(area.fp)) == (s.tp, s.fn, s.fp), c.name
 
 
 # --------------------------------------------------------------------------- random cases
@@ -427,19 +426,21 @@ def test_segments_are_counted_by_area() -> None:
     acc.add(sem, inst, psem, pinst)
     r = acc.result()
     area = r.by_area
-    assert area["edges_px"] == [64, 256, 1024, 4096, 16384]
-    assert area["per_class"]["car"] == {"gt": [1, 1, 0, 0, 0, 0], "matched": [1, 0, 0, 0, 0, 0],
-                                        "fp": [0, 1, 0, 0, 0, 0], "recall": [1.0, 0.0, None, None, None, None]}
-    assert area["per_class"]["person"]["matched"] == [0, 0, 1, 0, 0, 0]
-    assert area["per_class"]["road"]["gt"] == [0, 0, 0, 1, 0, 0]  # 1600 - 16 - 100 - 400 = 1084 px
-    assert area["things"]["gt"] == [1, 1, 1, 0, 0, 0] and area["things"]["fp"] == [0, 1, 0, 0, 0, 0]
-    assert set(area["per_class"]) == {"road", "person", "car"}
-    assert json.loads(r.to_json())["by_area"] == area
+    assert area.edges_px == (64, 256, 1024, 4096, 16384)
+    assert area.per_class["car"] == AreaRow(gt=(1, 1, 0, 0, 0, 0), matched=(1, 0, 0, 0, 0, 0), fp=(0, 1, 0, 0, 0, 0))
+    assert area.per_class["car"].recall[:2] == (1.0, 0.0) and math.isnan(area.per_class["car"].recall[2])
+    assert area.per_class["person"].matched == (0, 0, 1, 0, 0, 0)
+    assert area.per_class["road"].gt == (0, 0, 0, 1, 0, 0)  # 1600 - 16 - 100 - 400 = 1084 px
+    assert area.things.gt == (1, 1, 1, 0, 0, 0) and area.things.fp == (0, 1, 0, 0, 0, 0)
+    assert set(area.per_class) == {"road", "person", "car"}
+    as_json = json.loads(r.to_json())["by_area"]
+    assert as_json["per_class"]["car"]["recall"] == [1.0, 0.0, None, None, None, None]
+    assert as_json["things"]["gt"] == [1, 1, 1, 0, 0, 0] and as_json["edges_px"] == [64, 256, 1024, 4096, 16384]
     assert area_bin_labels() == ["<64", "64-256", "256-1024", "1024-4096", "4096-16384", ">=16384"]
     merged = PQAccumulator(SMALL)
     merged.merge(acc)
     merged.merge(acc)
-    assert merged.result().by_area["per_class"]["car"]["gt"] == [2, 2, 0, 0, 0, 0]
+    assert merged.result().by_area.per_class["car"].gt == (2, 2, 0, 0, 0, 0)
 
 
 def test_result_renders_as_table_and_json() -> None:

@@ -25,6 +25,8 @@ from panoptic_ros.metrics.mot import (
     mask_iou_matrix,
 )
 from panoptic_ros.metrics.pq import (
+    AreaResult,
+    AreaRow,
     MIoUAccumulator,
     MIoUResult,
     PQAccumulator,
@@ -44,6 +46,6 @@ __all__ = [
     "HOTA_ALPHAS", "ClearMOTResult", "EventOutcome", "EventSwitchResult", "HOTAResult", "IdentityResult",
     "OcclusionEvent", "TrackingFrame", "TrackingResult", "box_iou_matrix", "clear_mot_matches",
     "combine_tracking_results", "evaluate_tracking", "id_switches_in_events", "mask_iou_matrix",
-    "MIoUAccumulator", "MIoUResult", "PQAccumulator", "PQClassResult", "PQGroupResult", "PQResult",
+    "AreaResult", "AreaRow", "MIoUAccumulator", "MIoUResult", "PQAccumulator", "PQClassResult", "PQGroupResult", "PQResult",
     "STQAccumulator", "STQResult", "STQSequenceResult", "VPQAccumulator", "VPQResult",
 ]

@@ -403,20 +403,46 @@ class AreaCounts:
         self.fp += other.fp
         return self
 
-    def to_dict(self, class_table: ClassTable) -> dict:
-        """JSON-ready: bin edges, per-group and per-class counts and recall (null for an empty bin)."""
-        def rows(sel: np.ndarray | slice) -> dict:
-            gt, m, fp = self.gt[sel].sum(axis=0), self.matched[sel].sum(axis=0), self.fp[sel].sum(axis=0)
-            return {"gt": gt.tolist(), "matched": m.tolist(), "fp": fp.tolist(),
-                    "recall": [None if g == 0 else float(k / g) for k, g in zip(m, gt)]}
+    def result(self, class_table: ClassTable) -> "AreaResult":
+        def row(sel: np.ndarray | slice) -> AreaRow:
+            return AreaRow(*(tuple(int(v) for v in a[sel].sum(axis=0)) for a in (self.gt, self.matched, self.fp)))
 
         thing = np.array([c.is_thing for c in class_table.classes])
-        out = {"edges_px": list(AREA_EDGES_PX), "things": rows(thing), "stuff": rows(~thing), "per_class": {}}
-        for info in class_table.classes:
-            i = info.train_id
-            if self.gt[i].any() or self.fp[i].any():
-                out["per_class"][info.name] = rows(slice(i, i + 1))
-        return out
+        per_class = {c.name: row(slice(c.train_id, c.train_id + 1)) for c in class_table.classes
+                     if self.gt[c.train_id].any() or self.fp[c.train_id].any()}
+        return AreaResult(AREA_EDGES_PX, row(thing), row(~thing), per_class)
+
+
+@dataclass(frozen=True)
+class AreaRow:
+    """One class (or group) by area bin: ground-truth segments, those matched, false positives."""
+
+    gt: tuple[int, ...]
+    matched: tuple[int, ...]
+    fp: tuple[int, ...]
+
+    @property
+    def recall(self) -> tuple[float, ...]:
+        """matched / gt per bin (NaN for a bin without ground truth)."""
+        return tuple(m / g if g else math.nan for m, g in zip(self.matched, self.gt))
+
+    def to_dict(self) -> dict:
+        return {"gt": list(self.gt), "matched": list(self.matched), "fp": list(self.fp),
+                "recall": [_json_float(r) for r in self.recall]}
+
+
+@dataclass(frozen=True)
+class AreaResult:
+    """Segments by area over all images: all things, all stuff, and each class that has any."""
+
+    edges_px: tuple[int, ...]
+    things: AreaRow
+    stuff: AreaRow
+    per_class: dict[str, AreaRow]
+
+    def to_dict(self) -> dict:
+        return {"edges_px": list(self.edges_px), "things": self.things.to_dict(), "stuff": self.stuff.to_dict(),
+                "per_class": {name: r.to_dict() for name, r in self.per_class.items()}}
 
 
 def area_bin_labels() -> list[str]:
@@ -544,7 +570,7 @@ class PQResult:
     per_class: tuple[PQClassResult, ...]
     num_images: int
     miou: MIoUResult | None = None
-    by_area: dict | None = None  # AreaCounts.to_dict(): segments and recall by area
+    by_area: AreaResult | None = None  # segments and recall by area
 
     @classmethod
     def from_counts(cls, counts: PQCounts, class_table: ClassTable, num_images: int,
@@ -577,7 +603,7 @@ class PQResult:
         return cls(all=group(per_class), things=group([r for r in per_class if r.is_thing]),
                    stuff=group([r for r in per_class if not r.is_thing]), per_class=tuple(per_class),
                    num_images=num_images, miou=miou,
-                   by_area=by_area.to_dict(class_table) if by_area is not None else None)
+                   by_area=by_area.result(class_table) if by_area is not None else None)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready dict (NaN -> null)."""
@@ -594,7 +620,7 @@ class PQResult:
         if self.miou is not None:
             out["miou"] = self.miou.to_dict()
         if self.by_area is not None:
-            out["by_area"] = self.by_area
+            out["by_area"] = self.by_area.to_dict()
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
