@@ -287,7 +287,9 @@ def test_live_replay_records_what_a_real_node_publishes(tmp_path: Path, model_pa
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     monkeypatch.delenv("ROS_LOCALHOST_ONLY", raising=False)
     bag = bags["mcap"]
-    rc, stdout, err = replay_cli([str(bag), "--out", str(tmp_path / "live"), "--live", "--rate", "0.5"],
+    # A quarter of the recorded pace: the node keeps only the newest frame per camera, so a loaded machine
+    # (2 cores, something else running) must still keep up for "0 dropped" to hold.
+    rc, stdout, err = replay_cli([str(bag), "--out", str(tmp_path / "live"), "--live", "--rate", "0.25"],
                                  model_path, capsys)
     log = (tmp_path / "live" / "node.log").read_text() if (tmp_path / "live" / "node.log").exists() else ""
     assert rc == 0, err + log
