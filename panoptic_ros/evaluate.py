@@ -34,10 +34,11 @@ so a parallel run reports exactly what a serial one does.
 
 Outputs in ``--out``: ``report.md`` (tables and the PNG plots
 ``per_class_pq.png``, ``recall_by_area.png``, ``id_timeline.png``,
-``latency_hist.png``) and ``report.json``. ``--compare OTHER.json`` adds a side-by-side table with the
-deltas, written to ``compare.md`` and printed, and flags regressions: PQ,
-PQ things/stuff, mIoU, VPQ or STQ down by more than 0.005; IDF1, HOTA or MOTA
-down by more than 0.01; p50 latency up by more than 10 %.
+``latency_hist.png``) and ``report.json``. ``--compare OTHER.json`` adds a
+side-by-side table with the deltas, written to ``compare.md`` and printed,
+and flags regressions: PQ, PQ things/stuff, mIoU, VPQ or STQ down by more
+than 0.005; IDF1, HOTA or MOTA down by more than 0.01; p50 latency up by
+more than 10 %.
 
 Exit codes: 0 evaluated, no regression; 1 some input was bad (the report
 covers the rest); 2 bad arguments, nothing to evaluate, or an unreadable

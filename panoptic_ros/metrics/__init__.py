@@ -46,6 +46,7 @@ __all__ = [
     "HOTA_ALPHAS", "ClearMOTResult", "EventOutcome", "EventSwitchResult", "HOTAResult", "IdentityResult",
     "OcclusionEvent", "TrackingFrame", "TrackingResult", "box_iou_matrix", "clear_mot_matches",
     "combine_tracking_results", "evaluate_tracking", "id_switches_in_events", "mask_iou_matrix",
-    "AreaResult", "AreaRow", "MIoUAccumulator", "MIoUResult", "PQAccumulator", "PQClassResult", "PQGroupResult", "PQResult",
+    "AreaResult", "AreaRow", "MIoUAccumulator", "MIoUResult", "PQAccumulator", "PQClassResult", "PQGroupResult",
+    "PQResult",
     "STQAccumulator", "STQResult", "STQSequenceResult", "VPQAccumulator", "VPQResult",
 ]
