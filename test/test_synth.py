@@ -299,3 +299,30 @@ def test_contact_sheet_is_a_png_grid(tmp_path):
         write_contact_sheet(frames, tmp_path / "sheet.jpg")
     with pytest.raises(ValueError, match="at least one frame"):
         write_contact_sheet([], tmp_path / "empty.png")
+
+
+def test_mesh_building_shortcuts_equal_the_plain_formulas_bit_for_bit() -> None:
+    """World building's fast paths (Newell normals without np.cross, rectangles without np.stack, the
+    vectorised face padding) give exactly the plain formulas' numbers: frames of a seed never change."""
+    from panoptic_ros.synth.world import FACE_PAD, MeshBuilder, polygon_normals, rects_x, rects_z
+
+    rng = np.random.default_rng(5)
+    for shape in ((7, 4, 3), (1, 8, 3), (3, 2, 5, 3)):
+        p = rng.normal(size=shape) * 10.0 ** rng.integers(-3, 3)
+        ref = np.cross(p, np.roll(p, -1, axis=-2)).sum(axis=-2)
+        assert np.array_equal(polygon_normals(p), ref)
+    r = rng.normal(size=(5, 4))
+    z0, z1, h0, h1 = r.T
+    xs = np.full_like(z0, 1.5)
+    assert np.array_equal(rects_x(1.5, r), np.stack([np.stack([xs, -h0, z0], 1), np.stack([xs, -h0, z1], 1),
+                                                     np.stack([xs, -h1, z1], 1), np.stack([xs, -h1, z0], 1)], 1))
+    assert np.array_equal(rects_z(1.5, r), np.stack([np.stack([z0, -h0, xs], 1), np.stack([z1, -h0, xs], 1),
+                                                     np.stack([z1, -h1, xs], 1), np.stack([z0, -h1, xs], 1)], 1))
+    b = MeshBuilder()
+    b.box(0, 1, 0, 1, 0, 1, (1, 0, 0), 13, 1)
+    b.prism_x([(0, 0), (1, 0), (1, 1), (0.5, 1.5), (0, 1)], 0, 2, (0, 1, 0), 13, 1)  # caps of 5, sides of 4
+    mesh = b.build()
+    ref = np.array([np.concatenate([f, np.full(FACE_PAD - len(f), f[-1])]) for f in mesh.faces])
+    assert np.array_equal(mesh.face_pad, ref) and mesh.face_pad.dtype == np.int64
+    assert np.allclose(mesh.normals[:6], [[-1, 0, 0], [1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, -1], [0, 0, 1]])
+    assert np.allclose(mesh.normals[6:8], [[-1, 0, 0], [1, 0, 0]])  # the prism's caps, outward
