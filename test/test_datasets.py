@@ -24,6 +24,7 @@ from panoptic_ros.datasets.coco import (
     id_to_rgb,
     read_png,
     rgb_to_id,
+    unique_inverse,
     write_coco_panoptic,
     write_png,
 )
@@ -94,6 +95,23 @@ def frames() -> list[PanopticFrame]:
 
 
 # --------------------------------------------------------------------------- COCO
+
+@pytest.mark.parametrize("case", ["small ids", "flipped view", "uint8", "large ids", "negative", "uint64", "empty"])
+def test_unique_inverse_is_np_unique(case: str) -> None:
+    """The histogram fast path and the sorting fallback both return exactly np.unique's values and inverse."""
+    rng = np.random.default_rng(3)
+    values = {"small ids": rng.integers(0, 300, (64, 96)).astype(np.int32),
+              "flipped view": rng.integers(0, 40, (64, 96)).astype(np.int32)[:, ::-1],
+              "uint8": rng.integers(0, 256, (32, 48)).astype(np.uint8),
+              "large ids": rng.integers(0, 1 << 24, (32, 48)).astype(np.int64),
+              "negative": rng.integers(-5, 5, (32, 48)).astype(np.int32),
+              "uint64": rng.integers(0, 9, (32, 48)).astype(np.uint64),
+              "empty": np.zeros((0, 4), np.int32)}[case]
+    uniq, inverse = unique_inverse(values)
+    ref_uniq, ref_inverse = np.unique(values.ravel(), return_inverse=True)
+    assert uniq.dtype == ref_uniq.dtype and np.array_equal(uniq, ref_uniq)
+    assert np.array_equal(inverse, ref_inverse.ravel())
+
 
 def test_segment_id_rgb_encoding() -> None:
     ids = np.array([[0, 1, 255, 256], [65535, 65536, 26001, 2 ** 24 - 1]])

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from panoptic_ros.classes import VOID, ClassTable
+from panoptic_ros.datasets.coco import unique_inverse
 from panoptic_ros.datasets.types import PanopticFrame
 from panoptic_ros.model.instance_head import InstanceTargets
 
@@ -38,7 +39,8 @@ def frame_to_sample(frame: PanopticFrame, classes: ClassTable, min_area: int = 1
     thing_lut = np.zeros(256, dtype=np.int64)  # train id -> 1-based thing label, 0 = not a thing
     for k, tid in enumerate(classes.thing_ids):
         thing_lut[tid] = k + 1
-    ids, inverse, counts = np.unique(instance.ravel(), return_inverse=True, return_counts=True)
+    ids, inverse = unique_inverse(instance)
+    counts = np.bincount(inverse, minlength=ids.size)
     boxes, labels, masks, track_ids = [], [], [], []
     flat_sem = semantic.ravel()
     for j, (tid, area) in enumerate(zip(ids, counts)):
