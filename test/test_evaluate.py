@@ -280,8 +280,9 @@ def test_report_files_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture) -
         assert image.std() > 10, f"{png} is blank"
     assert "| wall | stuff |" in md and "switched" in md and "Full-occlusion events: 1" in md
     assert "### Recall by segment area" in md and "| **all things** |" in md
-    by_area = json.loads((out / "report.json").read_text())["pq"]["by_area"]
-    for c in json.loads((out / "report.json").read_text())["pq"]["per_class"]:
+    pq = json.loads((out / "report.json").read_text())["pq"]
+    by_area = pq["by_area"]
+    for c in pq["per_class"]:
         counts = by_area["per_class"].get(c["name"], {"gt": [0], "matched": [0], "fp": [0]})
         assert (sum(counts["matched"]), sum(counts["gt"]), sum(counts["fp"])) == (c["tp"], c["tp"] + c["fn"], c["fp"])
     assert str(out / "report.md") in stdout

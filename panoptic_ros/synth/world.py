@@ -387,7 +387,7 @@ class MeshBuilder:
         if self._faces:  # each face's indices, padded by repeating its last one
             lengths = np.array([len(f) for f in self._faces])
             starts = np.cumsum(lengths) - lengths
-            face_pad = np.concatenate(self._faces).astype(np.int64)[
+            face_pad = np.concatenate(self._faces).astype(np.int64, copy=False)[
                 starts[:, None] + np.minimum(np.arange(kmax), lengths[:, None] - 1)]
         return Mesh(verts, self._faces, np.array(self._normals).reshape(-1, 3),
                     np.array(self._centers).reshape(-1, 3), np.array(self._colors).reshape(-1, 3),
