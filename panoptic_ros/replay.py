@@ -667,7 +667,7 @@ class ReplayResult:
 
     @property
     def frames_per_s(self) -> float:
-        """Outputs per second of active replay (live: bounded by the playback rate)."""
+        """Outputs per second of active replay (live: bounded by the playback rate; lock-step: the node's own)."""
         return self.frames_out / self.active_s if self.active_s > 0 else 0.0
 
     def summary_line(self) -> str:
@@ -696,6 +696,7 @@ class ReplaySettings:
     progress: bool = True
     live: bool = False
     rate: float = 1.0
+    lockstep: bool = False  # live: publish each image once the previous ones are answered (ignores rate)
     node_running: bool = False
     startup_timeout_s: float = 120.0
     param_values: tuple[tuple[str, str], ...] = ()  # the explicitly set parameters, for a live node
@@ -705,6 +706,8 @@ class ReplaySettings:
             raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {self.storage!r}")
         if not (math.isfinite(self.rate) and self.rate > 0):
             raise ValueError(f"--rate must be a positive number (1 = recorded speed), got {self.rate}")
+        if self.lockstep and not self.live:
+            raise ValueError("--lockstep paces a live replay (--live); offline replay already processes every frame")
 
     @classmethod
     def create(cls, model: str | None = None, device: str | None = None, params_file: Path | None = None,
@@ -1102,6 +1105,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--live", action="store_true",
                    help="publish the bag through real rclpy to a panoptic_node and record its outputs")
     p.add_argument("--rate", type=float, default=1.0, help="live: playback speed factor (default 1 = as recorded)")
+    p.add_argument("--lockstep", action="store_true",
+                   help="live: publish each image only once the node has answered the previous ones (no drops "
+                        "by pace, as fast as the node goes; --rate is ignored)")
     p.add_argument("--node-running", action="store_true",
                    help="live: a panoptic_node already serves the bag's camera topics; do not start one")
     p.add_argument("--startup-timeout", type=float, default=120.0,
@@ -1125,7 +1131,8 @@ def run(args: argparse.Namespace) -> int:
         settings = ReplaySettings.create(args.model, args.device, args.params_file, args.param_values,
                                          topics=tuple(args.topics), storage=args.storage, video=not args.no_video,
                                          overlay=not args.no_overlay, live=args.live, rate=args.rate,
-                                         node_running=args.node_running, startup_timeout_s=args.startup_timeout)
+                                         lockstep=args.lockstep, node_running=args.node_running,
+                                         startup_timeout_s=args.startup_timeout)
         if args.live and (args.workers not in (None, 1) or args.ray is not None):
             raise ValueError("--live replays one bag at a time through one node; --workers and --ray are for "
                              "offline replay")

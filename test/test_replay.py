@@ -287,10 +287,11 @@ def test_live_replay_records_what_a_real_node_publishes(tmp_path: Path, model_pa
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     monkeypatch.delenv("ROS_LOCALHOST_ONLY", raising=False)
     bag = bags["mcap"]
-    # A quarter of the recorded pace: the node keeps only the newest frame per camera, so a loaded machine
-    # (2 cores, something else running) must still keep up for "0 dropped" to hold.
-    rc, stdout, err = replay_cli([str(bag), "--out", str(tmp_path / "live"), "--live", "--rate", "0.25"],
-                                 model_path, capsys)
+    # Lock-step: each image waits for the answers to the previous one, so "0 dropped" holds however loaded the
+    # machine is. --rate 1000 would publish the whole bag within milliseconds and the node, which keeps only the
+    # newest frame, would drop most of it: lock-step ignores the rate. (Paced playback is run by test_demo.)
+    rc, stdout, err = replay_cli([str(bag), "--out", str(tmp_path / "live"), "--live", "--lockstep", "--rate",
+                                  "1000"], model_path, capsys)
     log = (tmp_path / "live" / "node.log").read_text() if (tmp_path / "live" / "node.log").exists() else ""
     assert rc == 0, err + log
     assert "(live)" in stdout and "0 dropped" in stdout
@@ -307,6 +308,7 @@ def test_live_replay_records_what_a_real_node_publishes(tmp_path: Path, model_pa
     assert len(video_frames(tmp_path / "live" / "overlay.mp4")) == FRAMES
     timings = json.loads((tmp_path / "live" / "timings.json").read_text())
     assert timings["mode"] == "live" and timings["frames_dropped"] == 0 and len(timings["frames"]) == FRAMES
+    assert timings["lockstep"] is True and timings["rate"] is None
     assert all(r["latency_ms"] >= r["processing_ms"] > 0 for r in timings["frames"])
 
 
@@ -486,6 +488,8 @@ def test_bad_arguments_exit_2(tmp_path: Path, model_path: Path, bags: dict[str, 
     assert rc == 2 and "none.st" in one_error_line(err)
     rc, _, err = replay_cli([str(bags["mcap"]), "--out", str(tmp_path / "o"), "--rate", "0"], model_path, capsys)
     assert rc == 2 and "--rate" in one_error_line(err)
+    rc, _, err = replay_cli([str(bags["mcap"]), "--out", str(tmp_path / "o"), "--lockstep"], model_path, capsys)
+    assert rc == 2 and "--lockstep paces a live replay (--live)" in one_error_line(err)
     (tmp_path / "taken" / "panoptic").mkdir(parents=True)
     rc, _, err = replay_cli([str(bags["mcap"]), "--out", str(tmp_path / "taken")], model_path, capsys)
     assert rc == 2 and "choose a new --out" in one_error_line(err)

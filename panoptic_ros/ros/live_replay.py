@@ -11,8 +11,10 @@
    publisher and subscription on both sides has matched.
 3. Publish the bag's images and CameraInfo messages, deserialized from the
    bag's own CDR bytes (so stamps, frame ids and pixels are the recording's),
-   at the recorded pace scaled by ``--rate``. No ``/clock``: the node tracks
-   on header stamps, which are the bag's.
+   at the recorded pace scaled by ``--rate``; or, with ``--lockstep``, each
+   image as soon as every earlier one has all its outputs (or the node has
+   been quiet for a while), so that a node of any speed sees every frame.
+   No ``/clock``: the node tracks on header stamps, which are the bag's.
 4. Record what the node publishes (objects, panoptic and semantic images,
    overlay, class table): each message is serialized with
    ``rclpy.serialization.serialize_message`` and written with the ``rosbags``
@@ -356,13 +358,17 @@ class LiveReplay:
             if self._start_wall is None:
                 self._start_wall, self._first_log_ns = time.monotonic(), message.log_time_ns
                 self._write_class_infos()
-            due = self._start_wall + (message.log_time_ns - self._first_log_ns) / 1e9 / self.settings.rate
-            while True:
-                self._record(graph)
-                left = due - time.monotonic()
-                if left <= 0:
-                    break
-                time.sleep(min(left, 0.02))
+            if self.settings.lockstep:
+                if is_image:
+                    self._drain(graph, node)
+            else:
+                due = self._start_wall + (message.log_time_ns - self._first_log_ns) / 1e9 / self.settings.rate
+                while True:
+                    self._record(graph)
+                    left = due - time.monotonic()
+                    if left <= 0:
+                        break
+                    time.sleep(min(left, 0.02))
             if node is not None and not node.running():
                 raise BagError("unreadable", f"panoptic_node exited (code {node.process.returncode}) during the "
                                              f"replay of {self.bag}: {node.tail()}")
@@ -380,7 +386,8 @@ class LiveReplay:
                                   bytes(message.raw))
 
     def _drain(self, graph: _Graph, node: NodeProcess | None) -> None:
-        """Record until every published frame has all its outputs, the node is quiet, or time is up."""
+        """Record until every published frame has all its outputs, the node is quiet, or time is up (at the end;
+        with --lockstep also before each image)."""
         start = time.monotonic()
         expected = {topic for p in graph.ports for key, (topic, _) in p.outputs.items() if key != "class_info"}
         while time.monotonic() - start < DRAIN_LIMIT_S:
@@ -435,11 +442,15 @@ class LiveReplay:
         close_outputs(self.result, wall_s, self.outbag, self.videos.values())
         dropped = self.result.frames_dropped
         if dropped:
+            why = ("the node did not answer them: see its log and /diagnostics for the input it rejected"
+                   if self.settings.lockstep else
+                   "the node keeps only the newest frame per camera; a lower --rate or --lockstep lets it process "
+                   "every frame")
             self.result.warnings.append(
-                f"bag {self.bag}: {dropped} of {self.result.frames_in} published frame(s) got no output (the node "
-                "keeps only the newest frame per camera; a lower --rate lets it process every frame)")
+                f"bag {self.bag}: {dropped} of {self.result.frames_in} published frame(s) got no output ({why})")
         self.result.timings = write_timings(self.out_dir / TIMINGS_NAME, self.result, self._rows, {
-            "model": ", ".join(self.model_ids), "rate": self.settings.rate,
+            "model": ", ".join(self.model_ids), "rate": None if self.settings.lockstep else self.settings.rate,
+            "lockstep": self.settings.lockstep,
             "frames_published": self.result.frames_in, "frames_dropped": dropped})
 
 
