@@ -24,7 +24,6 @@ from panoptic_ros.datasets.coco import (
     id_to_rgb,
     read_png,
     rgb_to_id,
-    unique_inverse,
     write_coco_panoptic,
     write_png,
 )
@@ -35,6 +34,7 @@ from panoptic_ros.datasets.video_panoptic import (
     VideoPanopticDataset,
     write_video_panoptic,
 )
+from panoptic_ros.panoptic import unique_inverse
 
 ROAD, SIDEWALK, BUILDING, SKY, PERSON, CAR = 0, 1, 2, 10, 11, 13
 CAMERA = CameraModel(CameraIntrinsics(32, 24, 30.0, 31.0, 15.5, 11.25), CameraMounting(1.5, 0.05))

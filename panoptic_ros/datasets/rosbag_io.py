@@ -68,7 +68,7 @@ from rosbags.typesys.store import Typestore
 
 from panoptic_ros.camera import CameraIntrinsics, CameraModel, CameraMounting
 from panoptic_ros.classes import CITYSCAPES, VOID, ClassInfo, ClassTable
-from panoptic_ros.datasets.coco import box_xywh_to_xyxy, check_frame, crowd_track_ids, stats_by_index, unique_inverse
+from panoptic_ros.datasets.coco import box_xywh_to_xyxy, check_frame, crowd_track_ids, stats_by_index
 from panoptic_ros.datasets.types import DatasetError, FrameWriter, ObjectAnnotation, PanopticFrame
 from panoptic_ros.image_codec import (
     ImageDecodeError,
@@ -77,7 +77,8 @@ from panoptic_ros.image_codec import (
     image_to_rgb,
     numpy_to_compressed,
 )
-from panoptic_ros.panoptic import LABEL_DIVISOR, PANOPTIC_ENCODING, decode_panoptic, encode_panoptic
+from panoptic_ros.panoptic import (LABEL_DIVISOR, PANOPTIC_ENCODING, decode_panoptic, encode_panoptic,
+                                   unique_inverse)
 
 FORMAT_NAME = "rosbag"
 MESSAGE_NAMES = ("PanopticObject", "PanopticObjectArray", "PanopticClassInfo")

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from panoptic_ros.panoptic import unique_inverse
+
 HOTA_ALPHAS = np.arange(0.05, 0.99, 0.05)
 """The 19 localisation thresholds of HOTA, exactly as TrackEval builds them."""
 
@@ -90,9 +92,9 @@ def id_map_iou(gt_ids_hw: np.ndarray, hyp_ids_hw: np.ndarray) -> tuple[np.ndarra
         raise ValueError(f"id maps must be 2-D and of one shape, got {g.shape} and {h.shape}")
     if not (np.issubdtype(g.dtype, np.integer) and np.issubdtype(h.dtype, np.integer)):
         raise ValueError(f"id maps must hold integer ids, got {g.dtype} and {h.dtype}")
-    g_ids, g_idx = np.unique(g.ravel(), return_inverse=True)
-    h_ids, h_idx = np.unique(h.ravel(), return_inverse=True)
-    joint = np.bincount(g_idx.ravel() * h_ids.size + h_idx.ravel(), minlength=g_ids.size * h_ids.size)
+    g_ids, g_idx = unique_inverse(g)
+    h_ids, h_idx = unique_inverse(h)
+    joint = np.bincount(g_idx * h_ids.size + h_idx, minlength=g_ids.size * h_ids.size)
     inter = joint.reshape(g_ids.size, h_ids.size).astype(np.float64)
     g_area, h_area = inter.sum(1), inter.sum(0)
     gk, hk = g_ids != 0, h_ids != 0

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from panoptic_ros.classes import VOID, ClassTable
-from panoptic_ros.datasets.coco import unique_inverse
 from panoptic_ros.datasets.types import PanopticFrame
 from panoptic_ros.model.instance_head import InstanceTargets
+from panoptic_ros.panoptic import unique_inverse
 
 
 @dataclass

@@ -50,7 +50,7 @@ from panoptic_ros.classes import CITYSCAPES, ClassTable
 from panoptic_ros.metrics.mot import (EventSwitchResult, OcclusionEvent, TrackingFrame, TrackingResult,
                                       clear_mot_matches, combine_tracking_results, evaluate_tracking,
                                       id_switches_in_events)
-from panoptic_ros.panoptic import PanopticResult
+from panoptic_ros.panoptic import PanopticResult, unique_inverse
 from panoptic_ros.params import TrackerParams
 from panoptic_ros.tracking.degrade import EMBEDDING_MODES, DegradeConfig, degrade_frame
 
@@ -96,7 +96,7 @@ class DetectionOverlap:
         if ignore_hw is not None:
             g = np.where(ignore_hw, 0, g)
             d = np.where(ignore_hw, 0, d)
-        ids, inverse = np.unique(np.concatenate([[0], g.ravel()]), return_inverse=True)  # ids[0] == 0
+        ids, inverse = unique_inverse(np.concatenate([[0], g.ravel()]))  # ids[0] == 0
         n1 = num_detections + 1
         joint = np.bincount(inverse[1:] * n1 + d.ravel(), minlength=ids.size * n1).reshape(ids.size, n1)
         return cls(gt_ids=ids[1:].astype(np.int64), counts=joint.astype(np.int64))
