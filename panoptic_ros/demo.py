@@ -10,9 +10,12 @@
    pictures;
 4. prints a one-screen summary.
 
-On CPUs the bag is played slower than recorded (``--rate``, default 0.25 on
-CPU) so that the node processes nearly every frame instead of dropping to
-the newest; the summary gives the node's own processing rate and latency.
+On CUDA the bag is played at its recorded pace (``--rate``, default 1). A CPU
+cannot keep that pace, and the node would drop to the newest frame, so there
+the default is lock-step playback (``replay --lockstep``): each frame once the
+node has answered the previous one, so every frame is processed, whatever the
+machine, and the scores do not depend on its load. ``--rate R`` plays paced on
+CPU too. The summary gives the node's own processing rate and latency.
 """
 from __future__ import annotations
 
@@ -70,12 +73,15 @@ def run_demo(out: Path, frames: int, size: tuple[int, int], seed: int, device: s
             shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available() and device != "cpu"
+    lockstep = rate is None and not cuda
     if rate is None:
-        rate = 1.0 if cuda else 0.25
+        rate = 1.0
     print(f"[demo] 1/3 synthetic drive: {frames} frames at {size[0]}x{size[1]}, {fps:g} Hz, seed {seed}")
     events = generate_drive(out / "input_bag", seed, frames, size[0], size[1], fps)
-    print(f"[demo] 2/3 panoptic_node over DDS ({'CUDA' if cuda else 'CPU'}), bag played at {rate:g}x")
-    settings = ReplaySettings.create(model=model or None, device=device, live=True, rate=rate, video=True)
+    pace = "in lock-step (each frame once the node has answered the last)" if lockstep else f"at {rate:g}x"
+    print(f"[demo] 2/3 panoptic_node over DDS ({'CUDA' if cuda else 'CPU'}), bag played {pace}")
+    settings = ReplaySettings.create(model=model or None, device=device, live=True, rate=rate, lockstep=lockstep,
+                                     video=True)
     replay = replay_bag(out / "input_bag", out / "replay", settings)
     if replay.error:
         raise RuntimeError(f"the node replay failed: {replay.error}")
@@ -91,7 +97,8 @@ def run_demo(out: Path, frames: int, size: tuple[int, int], seed: int, device: s
     (out / "demo_summary.json").write_text(json.dumps({
         "frames_published": result.frames_published, "frames_processed": result.frames_processed,
         "occlusion_events": events, "processing_fps": result.processing_fps, "wall_s": result.wall_s,
-        "device": "cuda" if cuda else "cpu", "rate": rate, "seed": seed, "size": list(size),
+        "device": "cuda" if cuda else "cpu", "rate": None if lockstep else rate, "lockstep": lockstep, "seed": seed,
+        "size": list(size),
         "summary": summary, "files": [str(f) for f in result.files]}, indent=2))
     return result
 
@@ -136,7 +143,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--model", default="", help="model .safetensors (default: the shipped demo model)")
     p.add_argument("--rate", type=float, default=None,
-                   help="playback speed relative to recorded time (default: 1 on CUDA, 0.25 on CPU)")
+                   help="playback speed relative to recorded time (default: 1 on CUDA; on CPU lock-step, each "
+                        "frame once the node has answered the previous one)")
     p.set_defaults(func=run)
 
 

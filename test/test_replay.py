@@ -310,6 +310,15 @@ def test_live_replay_records_what_a_real_node_publishes(tmp_path: Path, model_pa
     assert timings["mode"] == "live" and timings["frames_dropped"] == 0 and len(timings["frames"]) == FRAMES
     assert timings["lockstep"] is True and timings["rate"] is None
     assert all(r["latency_ms"] >= r["processing_ms"] > 0 for r in timings["frames"])
+    # Paced at 1000x the node gets frames faster than it processes them and drops to the newest: what it
+    # answered plus what it dropped is what was published, and a drop is explained.
+    rc, stdout, err = replay_cli([str(bag), "--out", str(tmp_path / "paced"), "--live", "--rate", "1000",
+                                  "--no-video"], model_path, capsys)
+    assert rc == 0, err
+    paced = json.loads((tmp_path / "paced" / "timings.json").read_text())
+    assert paced["lockstep"] is False and paced["rate"] == 1000 and paced["frames_published"] == FRAMES
+    assert paced["frames_dropped"] == FRAMES - len(paced["frames"]) and f"{paced['frames_dropped']} dropped" in stdout
+    assert ("--lockstep lets it process every frame" in err) == (paced["frames_dropped"] > 0)
 
 
 @pytest.mark.timeout(120)
