@@ -205,6 +205,15 @@ def test_training_can_continue_from_a_model_file(tmp_path, tiny_model_file):
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["config"]["fpn_channels"] == TINY["fpn_channels"]  # the init model's architecture, not the preset's
     assert card["training"]["settings"]["init"] == str(path)
+    # Continued once more: the card nests the whole chain, each run with its own record, and sums it.
+    s2 = TrainSettings(out=str(tmp_path / "cont2"), init=str(out), steps=2, warmup_steps=1, checkpoint_every=1)
+    card2 = json.loads(train(s2, source=FixedPairs(), progress=False).with_suffix(".json").read_text())
+    t = card2["training"]
+    assert t["steps_done"] == 2 and t["settings"]["init"] == str(out)
+    assert t["parent"]["weights_sha256"] == card["weights_sha256"] and t["parent"]["steps_done"] == 1
+    assert t["parent"]["parent"]["weights_sha256"] == json.loads(path.with_suffix(".json").read_text())["weights_sha256"]
+    assert t["total_steps"] == 3 and t["total_train_time_s"] == pytest.approx(
+        t["train_time_s"] + t["parent"]["train_time_s"])
 
 
 def test_the_cards_training_command_reproduces_the_settings():

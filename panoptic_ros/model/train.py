@@ -34,7 +34,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -320,13 +320,13 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
     if s.init:
         from panoptic_ros.model.checkpoint import load_model
 
-        model, init_card = load_model(s.init)
-        if init_card.config.classes != cfg.classes:
+        model, parent = load_model(s.init)
+        if parent.config.classes != cfg.classes:
             raise CheckpointError(f"--init {s.init} was trained for other classes than this run's data")
-        cfg = init_card.config
+        cfg = parent.config
         model = model.float().to(device)
     else:
-        model = build_model(cfg).to(device)
+        model, parent = build_model(cfg).to(device), None
     if s.channels_last:
         model.to(memory_format=torch.channels_last)  # same Parameter objects: before the optimizer holds them
     model.train()
@@ -403,13 +403,13 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
                     ema.save(state_dir / "ema.safetensors")
                 plot_losses(history, out / "loss_curves.png")
             if evaluate_fn is not None and s.eval_every and step % s.eval_every == 0 and step < s.steps:
-                _export(ema.model if ema else model, cfg, s, source, history, out, evaluate_fn, interim=True)
+                _export(ema.model if ema else model, cfg, s, source, history, out, evaluate_fn, parent, interim=True)
     finally:
         if isinstance(data, ParallelSteps):
             data.close()
     if bar is not None:
         bar.close()
-    return _export(ema.model if ema else model, cfg, s, source, history, out, evaluate_fn, interim=False)
+    return _export(ema.model if ema else model, cfg, s, source, history, out, evaluate_fn, parent, interim=False)
 
 
 class WeightAverage:
@@ -447,15 +447,16 @@ class WeightAverage:
 
 
 def _export(model: EfficientPS, cfg: ModelConfig, s: TrainSettings, source: PairSource, history: list[dict],
-            out: Path, evaluate_fn, interim: bool) -> Path:
+            out: Path, evaluate_fn, parent: ModelCard | None, interim: bool) -> Path:
     was_training = model.training
     model.eval()
     card = ModelCard(name=f"efficientps_{cfg.backbone}_{cfg.input_height}x{cfg.input_width}", config=cfg,
-                     training={"command": "panoptic-ros train " + " ".join(_settings_argv(s)),
-                               "settings": asdict(s), "data": source.describe(), "steps_done": len(history),
-                               "final_loss": history[-1]["total"] if history else None,
-                               "train_time_s": sum(h["time_s"] for h in history),
-                               "torch": torch.__version__})
+                     training=with_parent({"command": "panoptic-ros train " + " ".join(_settings_argv(s)),
+                                           "settings": asdict(s), "data": source.describe(),
+                                           "steps_done": len(history),
+                                           "final_loss": history[-1]["total"] if history else None,
+                                           "train_time_s": sum(h["time_s"] for h in history),
+                                           "torch": torch.__version__}, parent))
     path = save_model(model, out / "model.safetensors", card)
     if evaluate_fn is not None:
         card.metrics = evaluate_fn(path, s)
@@ -463,6 +464,19 @@ def _export(model: EfficientPS, cfg: ModelConfig, s: TrainSettings, source: Pair
     model.train(was_training)
     print(f"{'interim ' if interim else ''}model written to {path}")
     return path
+
+
+def with_parent(training: dict[str, Any], parent: ModelCard | None) -> dict[str, Any]:
+    """A card's training record with the model it continued from (``--init``) nested as ``parent`` (its own
+    record, weights hash included, and so on down the chain) and ``total_steps`` / ``total_train_time_s``
+    summed over the chain: a continued model's card still tells every run that made it."""
+    if parent is None:
+        return training
+    before = dict(parent.training, weights_sha256=parent.weights_sha256)
+    return dict(training, parent=before,
+                total_steps=training["steps_done"] + before.get("total_steps", before.get("steps_done", 0)),
+                total_train_time_s=training["train_time_s"] + before.get("total_train_time_s",
+                                                                         before.get("train_time_s", 0.0)))
 
 
 def _settings_argv(s: TrainSettings) -> list[str]:
