@@ -34,11 +34,15 @@ so a parallel run reports exactly what a serial one does.
 
 Outputs in ``--out``: ``report.md`` (tables and the PNG plots
 ``per_class_pq.png``, ``recall_by_area.png``, ``id_timeline.png``,
-``latency_hist.png``) and ``report.json``. ``--compare OTHER.json`` adds a
-side-by-side table with the deltas, written to ``compare.md`` and printed,
-and flags regressions: PQ, PQ things/stuff, mIoU, VPQ or STQ down by more
-than 0.005; IDF1, HOTA or MOTA down by more than 0.01; p50 latency up by
-more than 10 %.
+``latency_hist.png``) and ``report.json``. With two or more sequences PQ
+comes with a 95 % bootstrap interval over sequences (the unit of
+independence; per-sequence class counts are kept in ``report.json``).
+``--compare OTHER.json`` adds a side-by-side table with the deltas, written
+to ``compare.md`` and printed, and flags regressions: PQ, PQ things/stuff,
+mIoU, VPQ or STQ down by more than 0.005; IDF1, HOTA or MOTA down by more
+than 0.01; p50 latency up by more than 10 %. When both reports scored the
+same sequences, a paired bootstrap adds an interval for the PQ difference
+(whether the change exceeds what resampling the sequences moves).
 
 Exit codes: 0 evaluated, no regression; 1 some input was bad (the report
 covers the rest); 2 bad arguments, nothing to evaluate, or an unreadable
@@ -65,6 +69,8 @@ from panoptic_ros.metrics import (
     EventSwitchResult,
     OcclusionEvent,
     PQAccumulator,
+    PQCounts,
+    PQInterval,
     PQResult,
     STQAccumulator,
     STQResult,
@@ -74,8 +80,11 @@ from panoptic_ros.metrics import (
     VPQResult,
     clear_mot_matches,
     combine_tracking_results,
+    bootstrap_pq,
+    bootstrap_pq_difference,
     evaluate_tracking,
     id_switches_in_events,
+    thing_mask,
 )
 from panoptic_ros.replay import (
     CLASS_INFO_TOPIC,
@@ -566,6 +575,7 @@ class EvaluationReport:
     components_ms: dict[str, list[float]]
     failures: list[str] = field(default_factory=list)
     run: dict[str, Any] = field(default_factory=dict)
+    pq_interval: PQInterval | None = None  # bootstrap over sequences; None with fewer than two
 
     # Video and tracking metrics need ids that persist across frames; per-frame segment ids make them noise.
     VIDEO_KEYS = ("vpq", "stq", "idf1", "hota", "mota", "id_switches", "occlusion_events", "occlusion_id_switches",
@@ -602,7 +612,9 @@ class EvaluationReport:
                    stq=stq.result(), tracking=combine_tracking_results([s.tracking for s in sequences]),
                    events=events, latencies_ms=[v for s in sequences for v in s.latencies_ms],
                    components_ms=components,
-                   failures=list(failures) + [f"{u.name}: {u.error}" for u in units if u.error is not None])
+                   failures=list(failures) + [f"{u.name}: {u.error}" for u in units if u.error is not None],
+                   pq_interval=bootstrap_pq([s.pq.counts for s in sequences], thing_mask(classes))
+                   if len(sequences) >= 2 else None)
 
     @property
     def num_frames(self) -> int:
@@ -643,6 +655,7 @@ class EvaluationReport:
             "occlusion": self.events.to_dict() if self.events else None, "occlusion_events": events,
             "latency_ms": latency_summary(self.latencies_ms),
             "latency_components_ms": {k: latency_summary(v) for k, v in sorted(self.components_ms.items())},
+            "pq_bootstrap": self.pq_interval.to_dict() if self.pq_interval else None,
             "per_sequence": [self.sequence_summary(s) for s in self.sequences],
             "failures": self.failures, "run": self.run,
         }
@@ -652,8 +665,11 @@ class EvaluationReport:
         pq = s.pq.result()
         t = s.tracking
         lat = latency_summary(s.latencies_ms)
+        c = s.pq.counts
         return {"name": s.name, "frames": s.num_frames, "frames_without_prediction": s.num_missing,
                 "predictions_without_ground_truth": s.num_unmatched, "pq": _f(pq.all.pq),
+                "pq_counts": {"tp": c.tp.tolist(), "fp": c.fp.tolist(), "fn": c.fn.tolist(),
+                              "iou_sum": c.iou_sum.tolist()},
                 "miou": _f(pq.miou.miou) if pq.miou else None, "idf1": _f(t.identity.idf1), "hota": _f(t.hota.hota),
                 "mota": _f(t.clear.mota), "id_switches": t.clear.num_switches,
                 "occlusion_events": s.events.num_events if s.events else None,
@@ -726,15 +742,29 @@ class ComparisonRow:
 class Comparison:
     baseline_path: str
     rows: tuple[ComparisonRow, ...]
+    pq_difference: PQInterval | None = None  # paired bootstrap of PQ(this run) - PQ(baseline) over sequences
+    pq_difference_note: str = ""  # why there is none
 
     @property
     def regressions(self) -> list[ComparisonRow]:
         return [r for r in self.rows if r.regressed]
 
+    def difference_text(self) -> str:
+        d = self.pq_difference
+        if d is None:
+            return f"No interval for the PQ difference: {self.pq_difference_note}."
+        (lo, hi), (tlo, thi), (slo, shi) = d.all, d.things, d.stuff
+        verdict = "beyond" if d.excludes_zero() else "within"
+        return (f"PQ difference, {d.level:.0%} interval [{lo:+.4f}, {hi:+.4f}] (things [{tlo:+.4f}, {thi:+.4f}], "
+                f"stuff [{slo:+.4f}, {shi:+.4f}]; paired bootstrap over {d.units} sequences, {d.resamples} "
+                f"resamples): {verdict} what resampling the sequences moves.")
+
     def to_dict(self) -> dict[str, Any]:
         return {"baseline": self.baseline_path, "regressed": [r.rule.key for r in self.regressions],
                 "rows": [{"metric": r.rule.key, "baseline": r.baseline, "current": r.current, "delta": r.delta,
-                          "regressed": r.regressed} for r in self.rows]}
+                          "regressed": r.regressed} for r in self.rows],
+                "pq_difference": self.pq_difference.to_dict() if self.pq_difference else None,
+                "pq_difference_note": self.pq_difference_note}
 
     def to_markdown(self) -> str:
         lines = [f"Baseline: `{self.baseline_path}`", "", "| metric | baseline | this run | delta | |",
@@ -743,7 +773,7 @@ class Comparison:
             flag = "**REGRESSION**" if r.regressed else ("improved" if r.improved else "")
             lines.append(f"| {r.rule.label} | {_fmt(r.baseline)} | {_fmt(r.current)} | {_fmt(r.delta, True)} | "
                          f"{flag} |")
-        lines += ["", _rules_text()]
+        lines += ["", self.difference_text(), "", _rules_text()]
         return "\n".join(lines) + "\n"
 
     def to_text(self) -> str:
@@ -752,7 +782,7 @@ class Comparison:
             flag = "  REGRESSION" if r.regressed else ("  improved" if r.improved else "")
             lines.append(f"{r.rule.label:28s} {_fmt(r.baseline):>10s} {_fmt(r.current):>10s} "
                          f"{_fmt(r.delta, True):>10s}{flag}")
-        return "\n".join(lines)
+        return "\n".join([*lines, self.difference_text()])
 
 
 def _rules_text() -> str:
@@ -788,7 +818,41 @@ def compare(current: dict[str, Any], baseline: dict[str, Any], baseline_path: st
             regressed = worse > limit
             improved = -worse > limit
         rows.append(ComparisonRow(rule, old, new, regressed, improved))
-    return Comparison(baseline_path, tuple(rows))
+    difference, note = _paired_pq_difference(current, baseline)
+    return Comparison(baseline_path, tuple(rows), difference, note)
+
+
+def _sequence_counts(report: dict[str, Any]) -> tuple[dict[str, PQCounts], np.ndarray]:
+    """A report.json's PQ counts per sequence name and its thing mask; KeyError/TypeError/ValueError when it
+    does not hold them."""
+    counts = {}
+    for d in report["per_sequence"]:
+        c = d["pq_counts"]
+        counts[str(d["name"])] = PQCounts(np.asarray(c["tp"], np.int64), np.asarray(c["fp"], np.int64),
+                                          np.asarray(c["fn"], np.int64), np.asarray(c["iou_sum"], np.float64))
+    per_class = report["pq"]["per_class"]
+    is_thing = np.zeros(len(per_class), dtype=bool)
+    for c in per_class:
+        is_thing[int(c["class_id"])] = bool(c["is_thing"])
+    return counts, is_thing
+
+
+def _paired_pq_difference(current: dict[str, Any], baseline: dict[str, Any]) -> tuple[PQInterval | None, str]:
+    try:
+        (a, thing_a), (b, thing_b) = _sequence_counts(current), _sequence_counts(baseline)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None, "a report without per-sequence PQ counts (written by an older version)"
+    if set(a) != set(b):
+        return None, "the two reports scored different sequences"
+    if thing_a.shape != thing_b.shape or not (thing_a == thing_b).all():
+        return None, "the two reports use different class tables"
+    if len(a) < 2:
+        return None, "fewer than two sequences"
+    names = sorted(a)
+    try:
+        return bootstrap_pq_difference([a[n] for n in names], [b[n] for n in names], thing_a), ""
+    except ValueError as exc:
+        return None, f"the per-sequence counts do not fit ({exc})"
 
 
 def load_report(path: Path) -> dict[str, Any]:
@@ -833,6 +897,15 @@ UNTRACKED_NOTE = ("VPQ, STQ, IDF1, HOTA, MOTA, ID switches: n/a, the predictions
                   "`panoptic-ros predict` without --track)")
 
 
+def interval_text(ci: PQInterval) -> str:
+    def pair(lo_hi: tuple[float, float]) -> str:
+        lo, hi = lo_hi
+        return "n/a" if not (math.isfinite(lo) and math.isfinite(hi)) else f"{100 * lo:.1f}-{100 * hi:.1f}"
+
+    return (f"PQ {ci.level:.0%} interval {pair(ci.all)} (things {pair(ci.things)}, stuff {pair(ci.stuff)}; "
+            f"bootstrap over {ci.units} sequences)")
+
+
 def summary_text(report: EvaluationReport, files: Sequence[Path]) -> str:
     s = report.summary()
 
@@ -844,6 +917,8 @@ def summary_text(report: EvaluationReport, files: Sequence[Path]) -> str:
              f"({s['frames_without_prediction']} without prediction)",
              f"PQ {pct('pq')} (things {pct('pq_things')}, stuff {pct('pq_stuff')})  SQ {pct('sq')}  RQ {pct('rq')}  "
              f"mIoU {pct('miou')}"]
+    if report.pq_interval is not None:
+        lines.append(interval_text(report.pq_interval))
     if report.untracked:
         lines.append(UNTRACKED_NOTE)
     else:

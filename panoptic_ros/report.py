@@ -257,6 +257,10 @@ def report_markdown(report: "EvaluationReport", plots: dict[str, Path], comparis
                     [[_pct(s["pq"]), _pct(s["sq"]), _pct(s["rq"]), _pct(s["pq_things"]), _pct(s["pq_stuff"]),
                       _pct(s["miou"]), _pct(s["vpq"]), _pct(s["stq"]), _pct(s["idf1"]), _pct(s["hota"]),
                       _pct(s["mota"]), _count(s["id_switches"])]], align="r" * 12)
+    if report.pq_interval is not None:
+        from panoptic_ros.evaluate import interval_text
+        lines += ["", interval_text(report.pq_interval) + ": resampling the sequences with replacement moves PQ "
+                  "this much, so smaller differences between runs on these data are noise."]
     if report.untracked:
         from panoptic_ros.evaluate import UNTRACKED_NOTE
         lines += ["", UNTRACKED_NOTE + "."]

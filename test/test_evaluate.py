@@ -308,6 +308,48 @@ def test_compare_flags_regressions(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "REGRESSION" not in out
 
 
+def test_pq_interval_over_sequences_and_the_paired_difference(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """Three sequences: PQ gets a bootstrap interval over them; 'bad' (worse in every sequence) against 'good'
+    gets a paired interval for the difference below zero; 'good' against itself exactly [0, 0]."""
+    gt, preds = [], {"good": [], "bad": []}
+    for i, shift in enumerate((0, 3, 6)):
+        frames = gt_frames(f"seq-{i}", shift=shift)
+        gt += frames
+        for variant in preds:
+            preds[variant] += [PanopticFrame(f.image, p.semantic, p.track, [], None, f.stamp_ns, f.frame_index,
+                                             f.sequence) for f, p in zip(frames, predict(frames, variant))]
+    write_video_panoptic(tmp_path / "gt", gt)
+    for variant, frames in preds.items():
+        write_video_panoptic(tmp_path / variant, frames)
+    rc, stdout, err = run_cli(["evaluate", "--pred", str(tmp_path / "good"), "--gt", str(tmp_path / "gt"), "--out",
+                               str(tmp_path / "good_eval")], capsys)
+    assert rc == 0, err
+    good = load(tmp_path / "good_eval")
+    ci = good["pq_bootstrap"]
+    assert ci["units"] == 3 and ci["resamples"] == 2000 and ci["all"][0] <= good["summary"]["pq"] <= ci["all"][1]
+    assert "interval" in stdout and "bootstrap over 3 sequences" in stdout
+    assert "bootstrap over 3 sequences" in (tmp_path / "good_eval" / "report.md").read_text()
+    assert [len(s["pq_counts"]["tp"]) for s in good["per_sequence"]] == [len(CITYSCAPES)] * 3
+    rc, stdout, err = run_cli(["evaluate", "--pred", str(tmp_path / "bad"), "--gt", str(tmp_path / "gt"), "--out",
+                               str(tmp_path / "bad_eval"), "--compare", str(tmp_path / "good_eval" / "report.json")],
+                              capsys)
+    assert rc == 3, err
+    diff = load(tmp_path / "bad_eval")["comparison"]["pq_difference"]
+    assert diff["units"] == 3 and diff["all"][1] < 0, diff
+    assert "beyond what resampling the sequences moves" in stdout
+    rc, stdout, err = run_cli(["evaluate", "--pred", str(tmp_path / "good"), "--gt", str(tmp_path / "gt"), "--out",
+                               str(tmp_path / "again"), "--compare", str(tmp_path / "good_eval" / "report.json")],
+                              capsys)
+    assert rc == 0, err
+    assert load(tmp_path / "again")["comparison"]["pq_difference"]["all"] == [0.0, 0.0]
+    assert "within what resampling the sequences moves" in stdout
+    # A baseline without per-sequence counts (an older report): the table still compares, the interval says why not.
+    old = dict(good, per_sequence=[{k: v for k, v in s.items() if k != "pq_counts"} for s in good["per_sequence"]])
+    comparison = compare(good, old)
+    assert comparison.pq_difference is None and "older version" in comparison.difference_text()
+
+
 def test_compare_rules_and_thresholds() -> None:
     base = {"summary": {"pq": 0.5, "idf1": 0.6, "latency_p50_ms": 100.0, "miou": 0.7}}
     rows = {r.rule.key: r for r in compare({"summary": {"pq": 0.496, "idf1": 0.591, "latency_p50_ms": 109.0,

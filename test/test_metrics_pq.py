@@ -509,3 +509,88 @@ def test_miou_agrees_with_cityscapesscripts(tmp_path: Path, monkeypatch: pytest.
 
 
 # --------------------------------------------------------------------------- speed
+
+
+# --------------------------------------------------------------------------- bootstrap intervals
+
+
+def random_unit_counts(rng: np.random.Generator, units: int, classes: int = 6) -> list:
+    from panoptic_ros.metrics.pq import PQCounts
+
+    out = []
+    for _ in range(units):
+        tp = rng.integers(0, 6, classes)
+        tp[0] = 0  # a class that never matches ...
+        fn = rng.integers(0, 3, classes)
+        fp = rng.integers(0, 3, classes)
+        tp[-1] = fp[-1] = fn[-1] = 0  # ... and one that never occurs
+        out.append(PQCounts(tp, fp, fn, tp * rng.uniform(0.6, 0.95, classes)))
+    return out
+
+
+def six_class_table() -> ClassTable:
+    return ClassTable(tuple(ClassInfo(i, f"c{i}", i, i >= 3, (i, i, i)) for i in range(6)))
+
+
+def test_a_resample_of_every_unit_once_is_panopticapis_pq() -> None:
+    """The vectorised per-resample PQ equals PQResult.from_counts on the summed counts (all, things, stuff)."""
+    from panoptic_ros.metrics.pq import PQCounts, _resampled_pq, thing_mask
+
+    rng = np.random.default_rng(5)
+    table = six_class_table()
+    units = random_unit_counts(rng, 7)
+    weights = np.vstack([np.ones(7), rng.integers(0, 3, 7)])  # every unit once; an arbitrary resample
+    got = _resampled_pq(units, weights, thing_mask(table))
+    for r, w in enumerate(weights):
+        total = PQCounts.zeros(6)
+        for unit, copies in zip(units, w):
+            for _ in range(int(copies)):
+                total += unit
+        ref = PQResult.from_counts(total, table, num_images=1)
+        for group in ("all", "things", "stuff"):
+            assert got[group][r] == pytest.approx(getattr(ref, group).pq, abs=1e-12), (r, group)
+
+
+def test_bootstrap_interval_brackets_pq_is_seeded_and_shrinks_to_a_point_without_spread() -> None:
+    from panoptic_ros.metrics.pq import PQCounts, bootstrap_pq, thing_mask
+
+    rng = np.random.default_rng(6)
+    table = six_class_table()
+    units = random_unit_counts(rng, 12)
+    total = PQCounts.zeros(6)
+    for u in units:
+        total += u
+    point = PQResult.from_counts(total, table, 12)
+    ci = bootstrap_pq(units, thing_mask(table), resamples=500, seed=1)
+    assert ci.units == 12 and ci.resamples == 500 and ci.level == 0.95
+    for group in ("all", "things", "stuff"):
+        lo, hi = getattr(ci, group)
+        assert lo < getattr(point, group).pq < hi, group
+    assert bootstrap_pq(units, thing_mask(table), resamples=500, seed=1) == ci
+    assert bootstrap_pq(units, thing_mask(table), resamples=500, seed=2) != ci
+    same = bootstrap_pq([units[0]] * 5, thing_mask(table), resamples=50)  # identical units: no spread
+    one = PQResult.from_counts(units[0], table, 1)
+    assert same.all == pytest.approx((one.all.pq, one.all.pq), abs=1e-12)
+    with pytest.raises(ValueError, match="at least 2 units"):
+        bootstrap_pq(units[:1], thing_mask(table))
+
+
+def test_paired_difference_is_zero_for_the_same_run_and_signed_for_a_better_one() -> None:
+    from panoptic_ros.metrics.pq import PQCounts, bootstrap_pq_difference, thing_mask
+
+    rng = np.random.default_rng(7)
+    table = six_class_table()
+    base = random_unit_counts(rng, 10)
+    mask = thing_mask(table)
+    same = bootstrap_pq_difference(base, base, mask, resamples=300)
+    assert same.all == (0.0, 0.0) and not same.excludes_zero()
+    # Better in every unit: one false negative of class 1 becomes a true positive at IoU 0.9.
+    better = []
+    for u in base:
+        tp, fn, iou = u.tp.copy(), u.fn.copy(), u.iou_sum.copy()
+        tp[1], fn[1], iou[1] = tp[1] + 1, max(fn[1] - 1, 0), iou[1] + 0.9
+        better.append(PQCounts(tp, u.fp.copy(), fn, iou))
+    up = bootstrap_pq_difference(better, base, mask, resamples=300)
+    assert up.all[0] > 0 and up.excludes_zero() and up.stuff[0] > 0 and up.things == (0.0, 0.0)
+    with pytest.raises(ValueError, match="differ in number"):
+        bootstrap_pq_difference(better[:3], base, mask)

@@ -1,6 +1,6 @@
 """Evaluation metrics, each checked against its reference implementation in the tests.
 
-- :mod:`~panoptic_ros.metrics.pq`: PQ / SQ / RQ as panopticapi, and mIoU.
+- :mod:`~panoptic_ros.metrics.pq`: PQ / SQ / RQ as panopticapi, mIoU, and bootstrap intervals of PQ.
 - :mod:`~panoptic_ros.metrics.video`: VPQ (Cityscapes-VPS) and STQ (deeplab2).
 - :mod:`~panoptic_ros.metrics.mot`: MOTA / MOTP / IDF1 / ID switches (py-motmetrics),
   HOTA (TrackEval), and ID switches across occlusion events.
@@ -31,8 +31,13 @@ from panoptic_ros.metrics.pq import (
     MIoUResult,
     PQAccumulator,
     PQClassResult,
+    PQCounts,
     PQGroupResult,
+    PQInterval,
     PQResult,
+    bootstrap_pq,
+    bootstrap_pq_difference,
+    thing_mask,
 )
 from panoptic_ros.metrics.video import (
     STQAccumulator,
@@ -46,7 +51,8 @@ __all__ = [
     "HOTA_ALPHAS", "ClearMOTResult", "EventOutcome", "EventSwitchResult", "HOTAResult", "IdentityResult",
     "OcclusionEvent", "TrackingFrame", "TrackingResult", "box_iou_matrix", "clear_mot_matches",
     "combine_tracking_results", "evaluate_tracking", "id_switches_in_events", "mask_iou_matrix",
-    "AreaResult", "AreaRow", "MIoUAccumulator", "MIoUResult", "PQAccumulator", "PQClassResult", "PQGroupResult",
-    "PQResult",
+    "AreaResult", "AreaRow", "MIoUAccumulator", "MIoUResult", "PQAccumulator", "PQClassResult", "PQCounts",
+    "PQGroupResult", "PQInterval", "PQResult", "bootstrap_pq", "bootstrap_pq_difference",
+    "thing_mask",
     "STQAccumulator", "STQResult", "STQSequenceResult", "VPQAccumulator", "VPQResult",
 ]

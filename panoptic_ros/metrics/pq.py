@@ -35,6 +35,13 @@ ground-truth segments and how many of them were matched (recall by size), and
 the false positives by their own area. Where PQ is lost -- small, distant or
 mostly hidden objects, or thin stuff -- is then a table, not a guess.
 
+How far PQ itself can be trusted is a bootstrap (:func:`bootstrap_pq`): the
+per-class counts of independent units (sequences: frames within one are
+correlated) are resampled with replacement, and the percentile interval of the
+resampled PQ is reported; with two runs over the same units
+(:func:`bootstrap_pq_difference`) the same resamples give an interval for the
+difference, which says whether a change is larger than the spread of the data.
+
 Everything is vectorised (bincount over densified segment keys, no sorting of
 pixels), so a 512x1024 frame costs a few milliseconds.
 """
@@ -42,7 +49,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -650,6 +657,105 @@ def _pct(v: float) -> str:
 
 def _json_float(v: float) -> float | None:
     return None if not math.isfinite(v) else float(v)
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class PQInterval:
+    """Percentile bootstrap intervals of PQ (all, things, stuff) over ``units`` resampled units.
+
+    For :func:`bootstrap_pq_difference` the intervals are of (current - baseline). NaN where a group never
+    occurs in the data.
+    """
+
+    level: float
+    resamples: int
+    units: int
+    all: tuple[float, float]
+    things: tuple[float, float]
+    stuff: tuple[float, float]
+
+    def excludes_zero(self) -> bool:
+        """For a difference: the whole interval lies on one side of 0 (a change beyond resampling noise)."""
+        lo, hi = self.all
+        return bool(lo > 0.0 or hi < 0.0)
+
+    def to_dict(self) -> dict:
+        return {"level": self.level, "resamples": self.resamples, "units": self.units,
+                **{g: [_json_float(v) for v in getattr(self, g)] for g in ("all", "things", "stuff")}}
+
+
+def _group_pq(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, iou: np.ndarray,
+              select: np.ndarray) -> np.ndarray:
+    """PQ averaged over the selected classes that occur, for each row of (R, C) count arrays (NaN: none)."""
+    tp, fp, fn, iou = tp[:, select], fp[:, select], fn[:, select], iou[:, select]
+    denom = tp + 0.5 * fp + 0.5 * fn
+    present = denom > 0
+    pq = np.divide(iou, denom, out=np.zeros_like(iou), where=present)
+    n = present.sum(axis=1)
+    return np.divide(pq.sum(axis=1), n, out=np.full(len(n), np.nan), where=n > 0)
+
+
+def thing_mask(class_table: ClassTable) -> np.ndarray:
+    """(C,) bool, indexed by class id: which classes are things."""
+    mask = np.zeros(len(class_table), dtype=bool)
+    mask[list(class_table.thing_ids)] = True
+    return mask
+
+
+def _resampled_pq(units: Sequence[PQCounts], weights: np.ndarray, is_thing: np.ndarray) -> dict[str, np.ndarray]:
+    """PQ of all / things / stuff for each resample: ``weights[r, u]`` = copies of unit u in resample r."""
+    tp, fp, fn, iou = (weights @ np.stack([getattr(u, k) for u in units]).astype(np.float64)
+                       for k in ("tp", "fp", "fn", "iou_sum"))
+    thing = np.asarray(is_thing, dtype=bool)
+    if thing.shape != (tp.shape[1],):
+        raise ValueError(f"is_thing has {thing.size} classes, the counts {tp.shape[1]}")
+    return {"all": _group_pq(tp, fp, fn, iou, np.ones_like(thing)), "things": _group_pq(tp, fp, fn, iou, thing),
+            "stuff": _group_pq(tp, fp, fn, iou, ~thing)}
+
+
+def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    if np.isnan(values).all():
+        return math.nan, math.nan
+    lo, hi = np.nanpercentile(values, [50.0 * (1.0 - level), 50.0 * (1.0 + level)])
+    return float(lo), float(hi)
+
+
+def _bootstrap_weights(units: int, resamples: int, seed: int) -> np.ndarray:
+    if units < 2:
+        raise ValueError(f"a bootstrap needs at least 2 units (sequences), got {units}")
+    if resamples < 1:
+        raise ValueError(f"resamples must be >= 1, got {resamples}")
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(units, np.full(units, 1.0 / units), size=resamples).astype(np.float64)
+
+
+def bootstrap_pq(units: Sequence[PQCounts], is_thing: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
+                 level: float = BOOTSTRAP_LEVEL, seed: int = 0) -> PQInterval:
+    """Percentile intervals of PQ over ``units`` (each one unit's summed counts, e.g. a sequence's), resampled
+    with replacement ``resamples`` times (seeded: the same data give the same interval); ``is_thing`` as
+    :func:`thing_mask`. ValueError for fewer than two units."""
+    weights = _bootstrap_weights(len(units), resamples, seed)
+    pq = _resampled_pq(units, weights, is_thing)
+    return PQInterval(level, resamples, len(units), *(_interval(pq[g], level) for g in ("all", "things", "stuff")))
+
+
+def bootstrap_pq_difference(current: Sequence[PQCounts], baseline: Sequence[PQCounts], is_thing: np.ndarray,
+                            resamples: int = BOOTSTRAP_RESAMPLES, level: float = BOOTSTRAP_LEVEL,
+                            seed: int = 0) -> PQInterval:
+    """Paired bootstrap of PQ(current) - PQ(baseline) over the same units, in the same order: each resample
+    draws the same units for both runs, so what the units share (their difficulty) cancels."""
+    if len(current) != len(baseline):
+        raise ValueError(f"paired units differ in number: {len(current)} and {len(baseline)}")
+    weights = _bootstrap_weights(len(current), resamples, seed)
+    a, b = _resampled_pq(current, weights, is_thing), _resampled_pq(baseline, weights, is_thing)
+    return PQInterval(level, resamples, len(current),
+                      *(_interval(a[g] - b[g], level) for g in ("all", "things", "stuff")))
 
 
 # --------------------------------------------------------------------------- accumulators
