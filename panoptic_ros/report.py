@@ -11,7 +11,10 @@ no display needed):
   fully hidden; a colour change along a row is an ID switch;
 - ``latency_hist.png``: per-frame processing latency with p50 and p99;
 - ``recall_by_area.png``: the share of ground-truth segments found (matched),
-  by segment area, per thing class in its colour, all things and all stuff.
+  by segment area, per thing class in its colour, all things and all stuff;
+- ``confusion.png``: the semantic confusion matrix, each ground-truth class's
+  pixels (rows) by the class they were predicted as (columns, void last), in
+  percent of the row: what a class is mistaken for.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ PQ_PLOT = "per_class_pq.png"
 TIMELINE_PLOT = "id_timeline.png"
 LATENCY_PLOT = "latency_hist.png"
 AREA_PLOT = "recall_by_area.png"
+CONFUSION_PLOT = "confusion.png"
 TIMELINE_SEQUENCES = 3  # sequences drawn in the ID timeline
 TIMELINE_TRACKS = 30  # ground-truth objects per sequence, the longest-visible first
 _MISSED_RGB = (0.98, 0.75, 0.75)
@@ -209,6 +213,35 @@ def plot_recall_by_area(report: "EvaluationReport", path: Path) -> Path:
     return path
 
 
+def plot_confusion(report: "EvaluationReport", path: Path) -> Path:
+    """Row-normalised semantic confusion over the classes present in the ground truth (rows) or predicted."""
+    from matplotlib.figure import Figure
+
+    miou = report.pq.miou
+    conf = miou.confusion.astype(np.float64)  # (C, C + 1): ground truth x (prediction, void)
+    rows = [i for i in range(conf.shape[0]) if conf[i].sum() > 0]
+    cols = [j for j in range(conf.shape[0]) if j in rows or conf[:, j].sum() > 0] + [conf.shape[1] - 1]
+    share = conf[np.ix_(rows, cols)] / np.maximum(conf[rows].sum(axis=1, keepdims=True), 1.0)
+    names = report.classes.names
+    fig = Figure(figsize=(1.6 + 0.42 * len(cols), 1.4 + 0.36 * len(rows)), dpi=110)
+    ax = fig.add_subplot()
+    ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    for (r, c), v in np.ndenumerate(share):
+        if v >= 0.01:
+            ax.text(c, r, f"{100 * v:.0f}", ha="center", va="center", fontsize=6,
+                    color="white" if v > 0.6 else "black")
+    ax.set_xticks(range(len(cols)), [names[j] if j < len(names) else "void" for j in cols[:-1]] + ["void"],
+                  rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(rows)), [names[i] for i in rows], fontsize=7)
+    ax.set_xlabel("predicted as")
+    ax.set_ylabel("ground truth")
+    ax.set_title(f"Semantic confusion, % of each ground-truth class's pixels (mIoU {_pct(miou.miou)})",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
 # --------------------------------------------------------------------------- markdown
 
 
@@ -275,6 +308,8 @@ def report_markdown(report: "EvaluationReport", plots: dict[str, Path], comparis
         rows.append([r.name, "thing" if r.is_thing else "stuff", _pct(r.pq), _pct(r.sq), _pct(r.rq), str(r.tp),
                      str(r.fp), str(r.fn), _pct(miou.iou[r.class_id]) if miou is not None else "n/a"])
     lines += _table(["class", "kind", "PQ", "SQ", "RQ", "TP", "FP", "FN", "IoU"], rows, "llrrrrrrr")
+    if CONFUSION_PLOT in plots:
+        lines += ["", f"![semantic confusion]({plots[CONFUSION_PLOT].name})"]
     lines += _area_section(report, plots)
     lines += ["", "VPQ per window size (frames):", ""]
     lines += _table(["window", "VPQ", "things", "stuff", "windows"],
@@ -336,6 +371,8 @@ def write_report(report: "EvaluationReport", out_dir: Path, comparison: "Compari
         plots[LATENCY_PLOT] = plot_latency(report, out_dir / LATENCY_PLOT)
     if report.pq.by_area is not None:
         plots[AREA_PLOT] = plot_recall_by_area(report, out_dir / AREA_PLOT)
+    if report.pq.miou is not None and report.pq.miou.confusion.any():
+        plots[CONFUSION_PLOT] = plot_confusion(report, out_dir / CONFUSION_PLOT)
     doc = report.to_dict()
     if comparison is not None:
         doc["comparison"] = comparison.to_dict()
@@ -345,5 +382,6 @@ def write_report(report: "EvaluationReport", out_dir: Path, comparison: "Compari
     return [out_dir / REPORT_MD, out_dir / REPORT_JSON]
 
 
-__all__ = ["AREA_PLOT", "LATENCY_PLOT", "PQ_PLOT", "TIMELINE_PLOT", "plot_id_timeline", "plot_latency",
-           "plot_per_class_pq", "plot_recall_by_area", "report_markdown", "write_report"]
+__all__ = ["AREA_PLOT", "CONFUSION_PLOT", "LATENCY_PLOT", "PQ_PLOT", "TIMELINE_PLOT", "plot_confusion",
+           "plot_id_timeline", "plot_latency", "plot_per_class_pq", "plot_recall_by_area", "report_markdown",
+           "write_report"]

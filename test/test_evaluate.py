@@ -273,7 +273,7 @@ def test_report_files_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture) -
     rc, stdout, err = run_cli(["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(out)], capsys)
     assert rc == 0, err
     md = (out / "report.md").read_text()
-    for png in ("per_class_pq.png", "recall_by_area.png", "id_timeline.png", "latency_hist.png"):
+    for png in ("per_class_pq.png", "recall_by_area.png", "confusion.png", "id_timeline.png", "latency_hist.png"):
         assert f"]({png})" in md
         image = cv2.imread(str(out / png))
         assert image is not None and image.shape[0] > 200 and image.shape[1] > 500, png

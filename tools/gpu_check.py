@@ -183,8 +183,9 @@ def train_on_gpu(out: dict, out_dir: Path, budget_s: float, workers: int, device
         # At most 8 files come back from the GPU machine: keep the model, its card, the pictures and the reports.
         for d in (gt, pred, run / "train_state"):
             shutil.rmtree(d, ignore_errors=True)
-        for picture in ("id_timeline.png", "recall_by_area.png"):  # recall by area: numbers in report.json
-            (ev / picture).unlink(missing_ok=True)
+        for picture in ev.glob("*.png"):  # one picture comes back; the numbers behind the others are in report.json
+            if picture.name != "per_class_pq.png":
+                picture.unlink()
     out["train"] = row
     print(json.dumps(row, default=str)[:2000], flush=True)
     return row.get("rc") == 0 and row.get("eval_rc") == 0
