@@ -363,3 +363,20 @@ def test_events_are_validated() -> None:
         id_switches_in_events(frames, [(1, 3, 99)])
     with pytest.raises(ValueError, match="reacquire_within_frames"):
         id_switches_in_events(frames, [(1, 3, 5)], reacquire_within_frames=0)
+
+
+def test_paired_idf1_interval_is_zero_against_itself_and_signed_for_a_better_tracker() -> None:
+    from panoptic_ros.metrics import IdentityResult, bootstrap_idf1_difference
+
+    rng = np.random.default_rng(4)
+    base = [IdentityResult(int(tp), int(fp), int(fn)) for tp, fp, fn in rng.integers(20, 200, (12, 3))]
+    assert bootstrap_idf1_difference(base, base, resamples=200) == (0.0, 0.0)
+    better = [IdentityResult(r.idtp + 10, max(r.idfp - 5, 0), max(r.idfn - 5, 0)) for r in base]
+    lo, hi = bootstrap_idf1_difference(better, base, resamples=200)
+    pooled = [sum(getattr(r, k) for r in rs) for rs in (better, base) for k in ("idtp", "idfp", "idfn")]
+    point = (IdentityResult(*pooled[:3]).idf1 - IdentityResult(*pooled[3:]).idf1)
+    assert 0 < lo < point < hi
+    with pytest.raises(ValueError, match="differ in number"):
+        bootstrap_idf1_difference(better[:2], base)
+    with pytest.raises(ValueError, match="at least 2 units"):
+        bootstrap_idf1_difference(base[:1], base[:1])

@@ -338,10 +338,17 @@ def test_command_end_to_end_writes_json_md_and_pictures(tmp_path, tiny_model) ->
     ideal = report["reference_gt"]  # true ids on the same detections: the ceiling of any association
     assert ideal["tracker"] == "true-ids" and ideal["id_switches"] == 0
     assert all(ideal["idf1"] >= s["idf1"] for s in report["scores"] if s["input"] == "gt")
+    ours = {s["input"]: s["idf1"] for s in report["scores"] if s["tracker"] == "ours"}
+    for s in report["scores"]:  # paired bootstrap over the 2 sequences: it holds the pooled difference
+        if s["tracker"] == "ours":
+            assert s["idf1_minus_ours"] is None
+        else:
+            lo, hi = s["idf1_minus_ours"]
+            assert lo - 1e-12 <= s["idf1"] - ours[s["input"]] <= hi + 1e-12, s
     assert report["tracker_parameters"]["bytetrack"]["frame_rate"] == 10.0
     md = (out / "compare.md").read_text()
     assert "## Input: gt-degraded" in md and "## Input: model" in md
-    assert md.count("| ours-noemb |") == 2
+    assert md.count("| ours-noemb |") == 2 and "IDF1 - ours, 95 % interval" in md
     assert "compatible_classes=[person:rider; car:truck;" in md  # list-valued parameters are listed too
 
 

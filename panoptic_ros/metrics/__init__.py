@@ -17,6 +17,7 @@ from panoptic_ros.metrics.mot import (
     OcclusionEvent,
     TrackingFrame,
     TrackingResult,
+    bootstrap_idf1_difference,
     box_iou_matrix,
     clear_mot_matches,
     combine_tracking_results,
@@ -49,8 +50,8 @@ from panoptic_ros.metrics.video import (
 
 __all__ = [
     "HOTA_ALPHAS", "ClearMOTResult", "EventOutcome", "EventSwitchResult", "HOTAResult", "IdentityResult",
-    "OcclusionEvent", "TrackingFrame", "TrackingResult", "box_iou_matrix", "clear_mot_matches",
-    "combine_tracking_results", "evaluate_tracking", "id_switches_in_events", "mask_iou_matrix",
+    "OcclusionEvent", "TrackingFrame", "TrackingResult", "bootstrap_idf1_difference", "box_iou_matrix",
+    "clear_mot_matches", "combine_tracking_results", "evaluate_tracking", "id_switches_in_events", "mask_iou_matrix",
     "AreaResult", "AreaRow", "MIoUAccumulator", "MIoUResult", "PQAccumulator", "PQClassResult", "PQCounts",
     "PQGroupResult", "PQInterval", "PQResult", "bootstrap_pq", "bootstrap_pq_difference",
     "thing_mask",

@@ -26,7 +26,9 @@ Definitions, each mirroring the reference library the tests compare against:
   (sums, and AssA / LocA weighted by true positives).
 
 ID switches at occlusion events (:func:`id_switches_in_events`) are defined
-below the CLEAR matching they reuse.
+below the CLEAR matching they reuse. Whether one tracker's IDF1 beats
+another's on the same sequences is a paired bootstrap over the sequences
+(:func:`bootstrap_idf1_difference`, see :mod:`~panoptic_ros.metrics.bootstrap`).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from panoptic_ros.metrics.bootstrap import LEVEL, RESAMPLES, percentile_interval, unit_weights
 from panoptic_ros.panoptic import unique_inverse
 
 HOTA_ALPHAS = np.arange(0.05, 0.99, 0.05)
@@ -541,6 +544,23 @@ def combine_tracking_results(results: Sequence[TrackingResult]) -> TrackingResul
                       ass_re_per_alpha=weighted("ass_re_per_alpha"), ass_pr_per_alpha=weighted("ass_pr_per_alpha"),
                       loc_a_per_alpha=loc)
     return TrackingResult(clear=clear, identity=identity, hota=hota)
+
+
+def bootstrap_idf1_difference(current: Sequence[IdentityResult], baseline: Sequence[IdentityResult],
+                              resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> tuple[float, float]:
+    """Paired percentile interval of IDF1(current) - IDF1(baseline), both over the same sequences in the same
+    order (each a sequence's identity counts), the sequences resampled with replacement."""
+    if len(current) != len(baseline):
+        raise ValueError(f"paired sequences differ in number: {len(current)} and {len(baseline)}")
+    weights = unit_weights(len(current), resamples, seed)
+
+    def idf1(results: Sequence[IdentityResult]) -> np.ndarray:
+        tp, fp, fn = (weights @ np.array([getattr(r, k) for r in results], dtype=np.float64)
+                      for k in ("idtp", "idfp", "idfn"))
+        d = 2.0 * tp + fp + fn
+        return np.divide(2.0 * tp, d, out=np.full(len(d), np.nan), where=d > 0)
+
+    return percentile_interval(idf1(current) - idf1(baseline), level)
 
 
 # --------------------------------------------------------------------------- occlusion events

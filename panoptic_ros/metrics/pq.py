@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from panoptic_ros.classes import CITYSCAPES, VOID, ClassTable
+from panoptic_ros.metrics.bootstrap import LEVEL, RESAMPLES, percentile_interval, unit_weights
 
 VOID_KEY = -1
 """Segment key of void pixels (ground truth or prediction)."""
@@ -661,10 +662,6 @@ def _json_float(v: float) -> float | None:
 
 # --------------------------------------------------------------------------- uncertainty
 
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_LEVEL = 0.95
-
-
 @dataclass(frozen=True)
 class PQInterval:
     """Percentile bootstrap intervals of PQ (all, things, stuff) over ``units`` resampled units.
@@ -719,43 +716,28 @@ def _resampled_pq(units: Sequence[PQCounts], weights: np.ndarray, is_thing: np.n
             "stuff": _group_pq(tp, fp, fn, iou, ~thing)}
 
 
-def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
-    if np.isnan(values).all():
-        return math.nan, math.nan
-    lo, hi = np.nanpercentile(values, [50.0 * (1.0 - level), 50.0 * (1.0 + level)])
-    return float(lo), float(hi)
-
-
-def _bootstrap_weights(units: int, resamples: int, seed: int) -> np.ndarray:
-    if units < 2:
-        raise ValueError(f"a bootstrap needs at least 2 units (sequences), got {units}")
-    if resamples < 1:
-        raise ValueError(f"resamples must be >= 1, got {resamples}")
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(units, np.full(units, 1.0 / units), size=resamples).astype(np.float64)
-
-
-def bootstrap_pq(units: Sequence[PQCounts], is_thing: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES,
-                 level: float = BOOTSTRAP_LEVEL, seed: int = 0) -> PQInterval:
+def bootstrap_pq(units: Sequence[PQCounts], is_thing: np.ndarray, resamples: int = RESAMPLES,
+                 level: float = LEVEL, seed: int = 0) -> PQInterval:
     """Percentile intervals of PQ over ``units`` (each one unit's summed counts, e.g. a sequence's), resampled
     with replacement ``resamples`` times (seeded: the same data give the same interval); ``is_thing`` as
     :func:`thing_mask`. ValueError for fewer than two units."""
-    weights = _bootstrap_weights(len(units), resamples, seed)
+    weights = unit_weights(len(units), resamples, seed)
     pq = _resampled_pq(units, weights, is_thing)
-    return PQInterval(level, resamples, len(units), *(_interval(pq[g], level) for g in ("all", "things", "stuff")))
+    return PQInterval(level, resamples, len(units),
+                      *(percentile_interval(pq[g], level) for g in ("all", "things", "stuff")))
 
 
 def bootstrap_pq_difference(current: Sequence[PQCounts], baseline: Sequence[PQCounts], is_thing: np.ndarray,
-                            resamples: int = BOOTSTRAP_RESAMPLES, level: float = BOOTSTRAP_LEVEL,
+                            resamples: int = RESAMPLES, level: float = LEVEL,
                             seed: int = 0) -> PQInterval:
     """Paired bootstrap of PQ(current) - PQ(baseline) over the same units, in the same order: each resample
     draws the same units for both runs, so what the units share (their difficulty) cancels."""
     if len(current) != len(baseline):
         raise ValueError(f"paired units differ in number: {len(current)} and {len(baseline)}")
-    weights = _bootstrap_weights(len(current), resamples, seed)
+    weights = unit_weights(len(current), resamples, seed)
     a, b = _resampled_pq(current, weights, is_thing), _resampled_pq(baseline, weights, is_thing)
     return PQInterval(level, resamples, len(current),
-                      *(_interval(a[g] - b[g], level) for g in ("all", "things", "stuff")))
+                      *(percentile_interval(a[g] - b[g], level) for g in ("all", "things", "stuff")))
 
 
 # --------------------------------------------------------------------------- accumulators
