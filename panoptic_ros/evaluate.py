@@ -33,8 +33,8 @@ metrics are sums over units (accumulators merged in the units' name order),
 so a parallel run reports exactly what a serial one does.
 
 Outputs in ``--out``: ``report.md`` (tables and the PNG plots
-``per_class_pq.png``, ``recall_by_area.png``, ``id_timeline.png``,
-``latency_hist.png``) and ``report.json``. With two or more sequences PQ
+``per_class_pq.png``, ``recall_by_area.png``, ``confusion.png``,
+``id_timeline.png``, ``latency_hist.png``) and ``report.json``. With two or more sequences PQ
 comes with a 95 % bootstrap interval over sequences (the unit of
 independence; per-sequence class counts are kept in ``report.json``).
 ``--compare OTHER.json`` adds a side-by-side table with the deltas, written
