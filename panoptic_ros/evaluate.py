@@ -708,6 +708,7 @@ class Rule:
     higher_is_better: bool
     tolerance: float | None  # None: shown, never flagged
     relative: bool = False
+    digits: int = 4  # decimals shown (0 for counts)
 
 
 RULES = (
@@ -715,11 +716,11 @@ RULES = (
     Rule("pq_things", "PQ things", True, 0.005), Rule("pq_stuff", "PQ stuff", True, 0.005),
     Rule("miou", "mIoU", True, 0.005), Rule("vpq", "VPQ", True, 0.005), Rule("stq", "STQ", True, 0.005),
     Rule("idf1", "IDF1", True, 0.01), Rule("hota", "HOTA", True, 0.01), Rule("mota", "MOTA", True, 0.01),
-    Rule("id_switches", "ID switches", False, None),
-    Rule("occlusion_id_switches", "ID switches at occlusions", False, None),
-    Rule("latency_p50_ms", "latency p50 (ms)", False, 0.10, relative=True),
-    Rule("latency_p99_ms", "latency p99 (ms)", False, None),
-    Rule("frames", "frames", True, None),
+    Rule("id_switches", "ID switches", False, None, digits=0),
+    Rule("occlusion_id_switches", "ID switches at occlusions", False, None, digits=0),
+    Rule("latency_p50_ms", "latency p50 (ms)", False, 0.10, relative=True, digits=1),
+    Rule("latency_p99_ms", "latency p99 (ms)", False, None, digits=1),
+    Rule("frames", "frames", True, None, digits=0),
 )
 
 
@@ -771,8 +772,9 @@ class Comparison:
                  "|---|---:|---:|---:|---|"]
         for r in self.rows:
             flag = "**REGRESSION**" if r.regressed else ("improved" if r.improved else "")
-            lines.append(f"| {r.rule.label} | {_fmt(r.baseline)} | {_fmt(r.current)} | {_fmt(r.delta, True)} | "
-                         f"{flag} |")
+            c = r.rule.digits
+            lines.append(f"| {r.rule.label} | {_fmt(r.baseline, c)} | {_fmt(r.current, c)} | {_fmt(r.delta, c, True)} "
+                         f"| {flag} |")
         lines += ["", self.difference_text(), "", _rules_text()]
         return "\n".join(lines) + "\n"
 
@@ -780,8 +782,9 @@ class Comparison:
         lines = [f"{'metric':28s} {'baseline':>10s} {'this run':>10s} {'delta':>10s}"]
         for r in self.rows:
             flag = "  REGRESSION" if r.regressed else ("  improved" if r.improved else "")
-            lines.append(f"{r.rule.label:28s} {_fmt(r.baseline):>10s} {_fmt(r.current):>10s} "
-                         f"{_fmt(r.delta, True):>10s}{flag}")
+            c = r.rule.digits
+            lines.append(f"{r.rule.label:28s} {_fmt(r.baseline, c):>10s} {_fmt(r.current, c):>10s} "
+                         f"{_fmt(r.delta, c, True):>10s}{flag}")
         return "\n".join([*lines, self.difference_text()])
 
 
@@ -795,12 +798,8 @@ def _rules_text() -> str:
     return "Regression when: " + "; ".join(parts) + "."
 
 
-def _fmt(v: float | None, signed: bool = False) -> str:
-    if v is None:
-        return "n/a"
-    if float(v).is_integer() and abs(v) >= 1:
-        return f"{int(v):+d}" if signed else f"{int(v)}"
-    return f"{v:+.4f}" if signed else f"{v:.4f}"
+def _fmt(v: float | None, digits: int = 4, signed: bool = False) -> str:
+    return "n/a" if v is None else f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
 
 def compare(current: dict[str, Any], baseline: dict[str, Any], baseline_path: str = "") -> Comparison:
@@ -980,7 +979,8 @@ def run(args: argparse.Namespace) -> int:
         print()
         print(comparison.to_text())
         for r in comparison.regressions:
-            print(f"REGRESSION: {r.rule.label} {_fmt(r.baseline)} -> {_fmt(r.current)}", file=sys.stderr)
+            print(f"REGRESSION: {r.rule.label} {_fmt(r.baseline, r.rule.digits)} -> {_fmt(r.current, r.rule.digits)}",
+                  file=sys.stderr)
     if report.failures:
         return EXIT_BAD_INPUT
     return EXIT_REGRESSION if comparison is not None and comparison.regressions else EXIT_OK
