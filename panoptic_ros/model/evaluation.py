@@ -71,7 +71,7 @@ def evaluate_synthetic_for_card(path: Path, settings) -> dict:
     """The held-out evaluation written into a trained model's card (called by ``train``)."""
     predictor = Predictor.from_file(path, device=settings.device)
     cfg = predictor.card.config
-    stride = 5
+    stride = settings.eval_frame_stride
     report = evaluate_frames(predictor, synthetic_frames(settings.eval_seed_start, settings.eval_sequences,
                                                          settings.eval_frames, cfg.input_height, cfg.input_width,
                                                          stride), progress=True)
