@@ -321,6 +321,34 @@ def test_live_replay_records_what_a_real_node_publishes(tmp_path: Path, model_pa
     assert ("--lockstep lets it process every frame" in err) == (paced["frames_dropped"] > 0)
 
 
+@pytest.mark.timeout(300)
+def test_lockstep_moves_past_a_frame_the_node_refuses(tmp_path: Path, model_path: Path,
+                                                      capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lock-step waits for each frame's answer; a frame the node refuses (too small to segment) gets none, and
+    the replay goes on after the quiet period instead of stalling: the frames after it are answered."""
+    pytest.importorskip("rclpy")
+    import json
+
+    from helpers_ros import random_domain_id
+    from test_datasets import make_frames
+
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(random_domain_id()))
+    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    monkeypatch.delenv("ROS_LOCALHOST_ONLY", raising=False)
+    good = synth_frames(6, n=3)
+    bad = make_frames(1, sequence=good[0].sequence, stamp0_ns=good[0].stamp_ns + 5 * 10**7)[0]  # 32x24 px
+    bad.camera = good[0].camera
+    bag = write_rosbag(tmp_path / "mixed", [good[0], bad, *good[1:]])
+    rc, stdout, err = replay_cli([str(bag), "--out", str(tmp_path / "live"), "--live", "--lockstep"], model_path,
+                                 capsys)
+    assert rc == 0, err
+    assert "3 of 4 frame(s)" in stdout and "1 dropped" in stdout
+    assert "the node did not answer them" in err
+    timings = json.loads((tmp_path / "live" / "timings.json").read_text())
+    assert [r["stamp_ns"] for r in timings["frames"]] == [f.stamp_ns for f in good]
+
+
 @pytest.mark.timeout(120)
 def test_live_replay_without_a_node_says_why(tmp_path: Path, model_path: Path, bags: dict[str, Path],
                                             capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
