@@ -86,6 +86,7 @@ LATCHED_QOS = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=R
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 SETTLE_S = 0.5  # after discovery, time for the node to see our overlay subscription too
 QUIET_S = 3.0  # drain: give up waiting for outputs after this long without one ...
+FIRST_ANSWER_S = 30.0  # ... (lock-step, before the node's first answer, which may carry its lazy start-up) ...
 DRAIN_LIMIT_S = 60.0  # ... or after this long in all
 
 
@@ -397,6 +398,8 @@ class LiveReplay:
                     for (prefix, _), got in self._received.items()):
                 return
             quiet_s = max(QUIET_S, 3.0 * self._slowest_s)  # a slow model gets time for its last frame
+            if self.settings.lockstep and not self._rows:
+                quiet_s = FIRST_ANSWER_S
             if time.monotonic() - max(self._last_output_s, start) > quiet_s or \
                     (node is not None and not node.running()):
                 return
