@@ -41,6 +41,13 @@ def test_shipped_model_file_and_card() -> None:
     held_out = card.metrics["held_out"]["seeds"]
     assert held_out[0] >= settings["train_seed_start"] + settings["train_sequences"]  # never trained on
     assert 0.0 < card.metrics["pq"] <= 1.0 and len(card.metrics["per_class"]) == len(CITYSCAPES)
+    # Trained in several runs, each continuing the last (--init): the card nests them all, and its totals add up.
+    chain, run = [], training
+    while run:
+        chain.append(run)
+        run = run.get("parent")
+    assert len(chain) >= 2 and all("panoptic-ros train" in r["command"] for r in chain)
+    assert training["total_steps"] == sum(r["steps_done"] for r in chain)
 
 
 @pytest.mark.timeout(300)
