@@ -230,7 +230,7 @@ def plot_confusion(report: "EvaluationReport", path: Path) -> Path:
         if v >= 0.01:
             ax.text(c, r, f"{100 * v:.0f}", ha="center", va="center", fontsize=6,
                     color="white" if v > 0.6 else "black")
-    ax.set_xticks(range(len(cols)), [names[j] if j < len(names) else "void" for j in cols[:-1]] + ["void"],
+    ax.set_xticks(range(len(cols)), [names[j] for j in cols[:-1]] + ["void"],
                   rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(rows)), [names[i] for i in rows], fontsize=7)
     ax.set_xlabel("predicted as")

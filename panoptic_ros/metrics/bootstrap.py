@@ -38,4 +38,10 @@ def percentile_interval(values: np.ndarray, level: float = LEVEL) -> tuple[float
     return float(lo), float(hi)
 
 
-__all__ = ["LEVEL", "RESAMPLES", "percentile_interval", "unit_weights"]
+def excludes_zero(interval: tuple[float, float]) -> bool:
+    """For an interval of a difference: it lies wholly on one side of 0 (a change beyond resampling noise)."""
+    lo, hi = interval
+    return bool(lo > 0.0 or hi < 0.0)
+
+
+__all__ = ["LEVEL", "RESAMPLES", "excludes_zero", "percentile_interval", "unit_weights"]

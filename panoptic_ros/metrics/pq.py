@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from panoptic_ros.classes import CITYSCAPES, VOID, ClassTable
-from panoptic_ros.metrics.bootstrap import LEVEL, RESAMPLES, percentile_interval, unit_weights
+from panoptic_ros.metrics.bootstrap import LEVEL, RESAMPLES, excludes_zero, percentile_interval, unit_weights
 
 VOID_KEY = -1
 """Segment key of void pixels (ground truth or prediction)."""
@@ -678,9 +678,8 @@ class PQInterval:
     stuff: tuple[float, float]
 
     def excludes_zero(self) -> bool:
-        """For a difference: the whole interval lies on one side of 0 (a change beyond resampling noise)."""
-        lo, hi = self.all
-        return bool(lo > 0.0 or hi < 0.0)
+        """For a difference: the interval of all classes lies on one side of 0 (beyond resampling noise)."""
+        return excludes_zero(self.all)
 
     def to_dict(self) -> dict:
         return {"level": self.level, "resamples": self.resamples, "units": self.units,

@@ -47,6 +47,7 @@ from typing import Protocol
 import numpy as np
 
 from panoptic_ros.classes import CITYSCAPES, ClassTable
+from panoptic_ros.metrics.bootstrap import RESAMPLES, excludes_zero
 from panoptic_ros.metrics.mot import (EventSwitchResult, OcclusionEvent, TrackingFrame, TrackingResult,
                                       bootstrap_idf1_difference, clear_mot_matches, combine_tracking_results,
                                       evaluate_tracking, id_switches_in_events)
@@ -606,8 +607,7 @@ def _interval(lo_hi: tuple[float, float] | None) -> str:
     if lo_hi is None or not all(math.isfinite(v) for v in lo_hi):
         return "-"
     lo, hi = lo_hi
-    tie = "" if lo > 0 or hi < 0 else " (tie)"
-    return f"[{lo:+.3f}, {hi:+.3f}]{tie}"
+    return f"[{lo:+.3f}, {hi:+.3f}]{'' if excludes_zero(lo_hi) else ' (tie)'}"
 
 
 def _row(s: TrackerScore, name: str, timed: bool = True) -> str:
@@ -648,8 +648,8 @@ def markdown(report: CompareReport) -> str:
         f"- scoring: mask IoU >= {s.iou_threshold:g} of each tracker's id map (the detections' masks labelled with "
         f"its ids) against the ground truth; things showing < {s.degrade.min_visible_fraction:g} of themselves are "
         f"don't-care; ID switches on events: same id before and after a full occlusion (kept) or not (switched), "
-        f"no match after it (lost); IDF1 - ours: a paired bootstrap over the sequences (2000 resamples), a tie when "
-        f"the interval holds 0",
+        f"no match after it (lost); IDF1 - ours: a paired bootstrap over the sequences ({RESAMPLES} resamples), a "
+        f"tie when the interval holds 0",
     ]
     if "gt" in s.inputs:
         d = s.degrade
