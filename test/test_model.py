@@ -276,3 +276,79 @@ def test_time_budget_ends_the_run_with_its_schedule(tmp_path):
     train(s, source=FixedPairs(), progress=False)
     again = json.loads((tmp_path / "run" / "train_state" / "state.json").read_text())["state"]["history"]
     assert len(again) == len(hist)
+
+
+def test_pointwise_convolution_as_matrix_product_equals_the_convolution(monkeypatch):
+    """CPU training on NHWC maps takes the matrix-product path; values and gradients are the convolution's."""
+    from panoptic_ros.model import layers
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(24, 12, 1).to(memory_format=torch.channels_last)
+    pw = layers.Pointwise(24, 12).to(memory_format=torch.channels_last)
+    pw.load_state_dict(conv.state_dict())  # the same state dict as nn.Conv2d's
+    x = torch.randn(2, 24, 16, 32).contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn(2, 12, 16, 32)
+    results = []
+    for module in (conv, pw):
+        xi = x.clone().requires_grad_()
+        y = module(xi)
+        y.backward(grad_out)
+        results.append((y.detach(), xi.grad, module.weight.grad, module.bias.grad))
+    assert layers.pointwise_as_matmul(pw, x)
+    assert results[1][0].is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    # Elsewhere it is the convolution itself: inference, no grad, NCHW input, above the size limit.
+    assert not layers.pointwise_as_matmul(pw.eval(), x)
+    pw.train()
+    with torch.no_grad():
+        assert not layers.pointwise_as_matmul(pw, x)
+    assert not layers.pointwise_as_matmul(pw, x.contiguous())
+    monkeypatch.setattr(layers, "MATMUL_MAX_MACS", 2 * 16 * 32 * 24 * 12 - 1)
+    assert not layers.pointwise_as_matmul(pw, x)
+
+
+def test_weight_average_follows_every_tensor(tmp_path):
+    """EMA: floating tensors move (1 - d) of the way to the model's, integer buffers are copied."""
+    import copy
+
+    from helpers_model import tiny_model
+    from panoptic_ros.model.train import WeightAverage
+
+    model, _ = tiny_model()
+    ema = WeightAverage(model, 0.999, tmp_path / "none.safetensors")
+    before = copy.deepcopy(ema.model.state_dict())
+    for step in (5, 6):
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                t.add_(torch.randn_like(t) if t.is_floating_point() else torch.ones_like(t))
+        ema.update(model, step)
+        d = (1 + step) / (10 + step)
+        for name, avg in ema.model.state_dict().items():
+            cur = model.state_dict()[name]
+            expected = d * before[name] + (1 - d) * cur if cur.is_floating_point() else cur
+            torch.testing.assert_close(avg, expected, msg=name)
+        before = copy.deepcopy(ema.model.state_dict())
+    assert ema.model.state_dict()["fpn.lateral_td.0.1.num_batches_tracked"] == \
+        model.state_dict()["fpn.lateral_td.0.1.num_batches_tracked"]
+
+
+def test_resume_keeps_the_saved_hyper_parameters_and_this_codes_optimizer_kernel(tmp_path):
+    """A state saved by the per-tensor AdamW loop resumes under the fused one (and keeps lr, moments)."""
+    from helpers_model import tiny_model
+    from panoptic_ros.model.checkpoint import load_training_state, save_training_state
+
+    model, _ = tiny_model()
+    old = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.05, foreach=False)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    old.step()
+    save_training_state(tmp_path, model, old, {"step": 1})
+    new = torch.optim.AdamW(model.parameters(), lr=1.0, fused=True)
+    assert load_training_state(tmp_path, model, new) == {"step": 1}
+    group = new.param_groups[0]
+    assert group["fused"] is True and not group["foreach"]
+    assert group["lr"] == 3e-4 and group["weight_decay"] == 0.05
+    first = next(iter(model.parameters()))
+    torch.testing.assert_close(new.state[first]["exp_avg"], old.state[first]["exp_avg"])
+    new.step()  # the fused kernel accepts the resumed state

@@ -264,6 +264,9 @@ def save_training_state(directory: Path, model: EfficientPS, optimizer: torch.op
         (directory / f"{stem}.tmp").replace(directory / f"{stem}{suffix}")
 
 
+_KERNEL_CHOICES = ("fused", "foreach", "capturable", "differentiable")  # how a step is computed, not what
+
+
 def load_training_state(directory: Path, model: EfficientPS, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore what :func:`save_training_state` wrote; parameters the saved run lacked start fresh."""
     for name in ("model.safetensors", "optimizer.safetensors"):
@@ -287,6 +290,9 @@ def load_training_state(directory: Path, model: EfficientPS, optimizer: torch.op
         if pname in index_of:
             per_param.setdefault(index_of[pname], {})[stat] = value
     current = optimizer.state_dict()
-    groups = [{**saved, "params": g["params"]} for saved, g in zip(doc["param_groups"], current["param_groups"])]
+    # The saved hyper-parameters, but this code's choice of kernel (a run saved by the per-tensor loop
+    # resumes fused, and the other way round).
+    groups = [{**saved, **{k: g[k] for k in _KERNEL_CHOICES if k in g}, "params": g["params"]}
+              for saved, g in zip(doc["param_groups"], current["param_groups"])]
     optimizer.load_state_dict({"state": per_param, "param_groups": groups})
     return doc["state"]

@@ -27,6 +27,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign
 
 from panoptic_ros.model.config import ModelConfig
+from panoptic_ros.model.layers import Pointwise
 
 LEVELS = ("p2", "p3", "p4", "p5")
 
@@ -43,10 +44,10 @@ class LightRPNHead(nn.Module):
     def __init__(self, channels: int, num_anchors: int) -> None:
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, 1, 1, groups=channels), nn.Conv2d(channels, channels, 1),
+            nn.Conv2d(channels, channels, 3, 1, 1, groups=channels), Pointwise(channels, channels),
             nn.ReLU(inplace=True))
-        self.cls_logits = nn.Conv2d(channels, num_anchors, 1)
-        self.bbox_pred = nn.Conv2d(channels, num_anchors * 4, 1)
+        self.cls_logits = Pointwise(channels, num_anchors)
+        self.bbox_pred = Pointwise(channels, num_anchors * 4)
         for layer in (self.cls_logits, self.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.constant_(layer.bias, 0.0)

