@@ -352,3 +352,20 @@ def test_resume_keeps_the_saved_hyper_parameters_and_this_codes_optimizer_kernel
     first = next(iter(model.parameters()))
     torch.testing.assert_close(new.state[first]["exp_avg"], old.state[first]["exp_avg"])
     new.step()  # the fused kernel accepts the resumed state
+
+
+def test_bench_train_times_the_real_training_loop(tmp_path, tiny_model_file):
+    """tools/bench_train.py: per-step times of a short run from a model file, warm-up steps left out."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--init", str(tiny_model_file[0]), "--steps", "3", "--skip", "1", "--repeats", "2",
+                       "--data-workers", "0", "--threads", "1", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["steps_timed"] == 4 and len(row["run_medians_s"]) == 2
+    assert 0 < row["median_s"] <= row["p90_s"] * (1 + 1e-9)
