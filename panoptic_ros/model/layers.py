@@ -7,8 +7,8 @@ from torch import nn
 
 # Up to this many multiply-adds per call (batch x pixels x in x out channels) a 1x1 convolution in CPU
 # training runs as a matrix product. oneDNN's backward pass of small 1x1 convolutions costs 2-13x the
-# matrix product's (RPN's 3- and 12-channel outputs, 64-channel maps of 32x64 and smaller); larger ones
-# are as fast or faster as convolutions. Measured on the development CPU, see docs/PERFORMANCE.md.
+# matrix product's (RPN's 3- and 12-channel outputs, 64-channel maps of 32x64 and smaller); on larger ones
+# the convolution is as fast or faster. Measured on the development CPU, see docs/PERFORMANCE.md.
 MATMUL_MAX_MACS = 32_000_000
 
 
