@@ -173,10 +173,9 @@ def card_model(model_path: Path, tmp_path: Path) -> Path:
 @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(card=JSON | st.fixed_dictionaries({"version": st.integers(0, 2) | JSON, "config": JSON}))
 def test_any_model_card_is_loaded_or_refused_cleanly(card_model: Path, card: Any) -> None:
-    path = card_model
-    path.with_suffix(".json").write_text(json.dumps(card))
+    card_model.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(CheckpointError, match="card"):
-        load_model(path)
+        load_model(card_model)
 
 
 # --------------------------------------------------------------------------- paths from parameters
