@@ -22,6 +22,8 @@ Variants:
   the batched fusion buys on top);
 - ``ours-serial``: as ``ours`` with the cameras of a batch tracked and encoded one after another
   (``tracking_threads: 1``; what the threads buy where the host's per-frame work limits a camera rig);
+- ``ours-flip``: as ``ours`` with the test-time flip (``model.test_time_flip``: the dense part also on each
+  frame's mirror image, stuff logits averaged; what the accuracy costs in speed);
 - ``ours-fp32``: the same model, fp32, eager, default memory format, per-instance fusion;
 - ``baseline``: see panoptic_ros/model/baseline.py (random weights: timing only).
 
@@ -86,7 +88,7 @@ def make_predictor(variant: str, model_path: str, device: str, size: tuple[int, 
 
 # variant -> Predictor settings (channels_last None = on) and the pipeline's tracking_threads
 _DEFAULTS = dict(precision="auto", dense_mode="auto", channels_last=None, fusion_mode="auto", detection_mode="auto",
-                 sparse_graph=False, tracking_threads=0)
+                 sparse_graph=False, test_time_flip=False, tracking_threads=0)
 OUR_VARIANTS = {
     "ours": _DEFAULTS,
     "ours-eager": {**_DEFAULTS, "dense_mode": "eager"},
@@ -95,6 +97,7 @@ OUR_VARIANTS = {
     "ours-dynamic": {**_DEFAULTS, "detection_mode": "dynamic"},
     "ours-hostfusion": {**_DEFAULTS, "detection_mode": "dynamic", "fusion_mode": "per_instance"},
     "ours-serial": {**_DEFAULTS, "tracking_threads": 1},
+    "ours-flip": {**_DEFAULTS, "test_time_flip": True},
     "ours-fp32": {**_DEFAULTS, "precision": "fp32", "dense_mode": "eager", "channels_last": False,
                   "fusion_mode": "per_instance", "detection_mode": "dynamic", "tracking_threads": 1},
 }
@@ -227,7 +230,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batches", default="1,6", help="comma-separated batch sizes (6 = a six-camera rig)")
     p.add_argument("--variants", default=None, help="comma-separated, from ours, ours-eager, ours-graphall, "
                                                      "ours-compile, ours-dynamic, ours-hostfusion, ours-serial, "
-                                                     "ours-fp32, baseline (default: all on CUDA; "
+                                                     "ours-flip, ours-fp32, baseline (default: all on CUDA; "
                                                      "ours,ours-fp32,baseline on CPU, where graphs do not apply)")
     p.add_argument("--accuracy-frames", type=int, default=12,
                    help="held-out frames each variant of ours is scored on (0 = skip the accuracy check)")

@@ -234,7 +234,8 @@ def load_predictor(model: ModelParams) -> PanopticPredictor:
         fusion=FusionSettings(score_threshold=model.score_threshold, overlap_threshold=model.overlap_threshold,
                               min_stuff_area=model.min_stuff_area),
         max_detections=model.max_detections, rpn_post_nms_top_n=model.rpn_post_nms_top_n, input_size=input_size,
-        dense_mode=model.dense_mode, fusion_mode=model.fusion_mode, detection_mode=model.detection_mode)
+        dense_mode=model.dense_mode, fusion_mode=model.fusion_mode, detection_mode=model.detection_mode,
+        test_time_flip=model.test_time_flip)
 
 
 # --------------------------------------------------------------------------- the pipeline

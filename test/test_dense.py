@@ -28,7 +28,8 @@ def test_modes_resolve_per_device() -> None:
 def test_node_parameter_reaches_the_predictor(tmp_path) -> None:
     weights = save_tiny_model(tmp_path / "tiny.safetensors")
     predictor = load_predictor(ModelParams(path=str(weights), device="cpu"))
-    assert predictor.dense.mode == "eager" and predictor.channels_last is True
+    assert predictor.dense.mode == "eager" and predictor.channels_last is True and not predictor.test_time_flip
+    assert load_predictor(ModelParams(path=str(weights), device="cpu", test_time_flip=True)).test_time_flip
     with pytest.raises(ValueError, match="needs a CUDA device"):
         load_predictor(ModelParams(path=str(weights), device="cpu", dense_mode="cuda_graph"))
 

@@ -10,7 +10,7 @@ from panoptic_ros.model.backbone import EfficientNetLite0, build_backbone, lite0
 from panoptic_ros.model.checkpoint import CheckpointError, ModelCard, load_model, save_model
 from panoptic_ros.model.config import ModelConfig, demo_config
 from panoptic_ros.model.efficientps import build_model
-from panoptic_ros.model.predictor import Predictor
+from panoptic_ros.model.predictor import Predictor, flip_average_stuff
 from panoptic_ros.model.targets import frame_to_sample
 from panoptic_ros.model.train import TrainSettings, train
 from helpers_model import TINY, street_frame
@@ -155,6 +155,37 @@ def test_predictor_returns_typed_results_at_frame_size(tiny_model_file):
             np.testing.assert_allclose(np.linalg.norm(r.embeddings, axis=1), 1.0, rtol=1e-4)
     with pytest.raises(ValueError, match="uint8"):
         pred.predict([np.zeros((4, 4), np.float32)])
+
+
+def test_flip_average_stuff_on_hand_made_logits():
+    # Two images of 2 classes (0 stuff, 1 thing) on a 1x3 grid, then their mirrored views.
+    plain = torch.tensor([[[[1., 2., 3.]], [[7., 8., 9.]]], [[[0., 0., 6.]], [[5., 5., 5.]]]])
+    mirrored = torch.tensor([[[[30., 20., 10.]], [[-1., -1., -1.]]], [[[4., 2., 0.]], [[-9., -9., -9.]]]])
+    out = flip_average_stuff(torch.cat([plain, mirrored]), 2, torch.tensor([0]))
+    expected = torch.tensor([[[[5.5, 11., 16.5]], [[7., 8., 9.]]], [[[0., 1., 5.]], [[5., 5., 5.]]]])
+    assert torch.equal(out, expected)
+
+
+def test_test_time_flip_makes_the_stuff_logits_mirror_symmetric(tiny_model_file):
+    """With the flip, a frame's and its mirror image's stuff logits are exact mirrors of each other (without
+    it they are not: the network is not mirror-symmetric); thing logits and FPN maps stay the plain view's."""
+    path, _ = tiny_model_file
+    plain = Predictor.from_file(path, device="cpu")
+    flip = Predictor.from_file(path, device="cpu", test_time_flip=True)
+    stuff, things = list(plain.classes.stuff_ids), list(plain.classes.thing_ids)
+    image = torch.from_numpy(street_frame(5).image).permute(2, 0, 1)[None]
+    x = plain.model.normalize(torch.cat([image, image.flip(-1)]))
+    p0, s0 = plain.dense_outputs(x)
+    p1, s1 = flip.dense_outputs(x)
+    asymmetry_plain = (s0[0, stuff] - s0[1, stuff].flip(-1)).abs().max()
+    asymmetry_flip = (s1[0, stuff] - s1[1, stuff].flip(-1)).abs().max()
+    assert asymmetry_plain > 1e-6 and asymmetry_flip <= asymmetry_plain / 100
+    torch.testing.assert_close(s1[:, things], s0[:, things], rtol=0, atol=1e-5)
+    for a, b in zip(p0, p1):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    torch.testing.assert_close(s1[:, stuff], (s0[:, stuff] + s0.flip(0)[:, stuff].flip(-1)) / 2, rtol=0, atol=1e-5)
+    (r,) = flip.predict([street_frame(6, 96, 160).image])
+    assert r.class_map.shape == (96, 160)
 
 
 def test_demo_config_is_the_shipped_architecture():

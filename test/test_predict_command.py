@@ -48,6 +48,9 @@ def test_predict_image_folder_and_bad_inputs(tmp_path, model_file, capsys):
                  "--device", "cpu"]) == 0
     pred = list(CocoPanopticDataset(tmp_path / "o"))
     assert [f.sequence for f in pred] == ["img0", "img1"] and pred[0].semantic.shape == (64, 128)
+    assert main(["predict", "--input", str(folder), "--out", str(tmp_path / "flip"), "--model", str(model_file),
+                 "--device", "cpu", "--test-time-flip"]) == 0
+    assert [f.semantic.shape for f in CocoPanopticDataset(tmp_path / "flip")] == [(64, 128), (64, 128)]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["predict", "--input", str(empty), "--out", str(tmp_path / "o2"), "--model", str(model_file)]) == 1

@@ -228,8 +228,8 @@ def main() -> int:
         record("fusion", check_fusion(out))
     if "bench" in steps:
         rc = cli(["bench", "--device", "cuda", "--sizes", "1024x2048,512x1024", "--batches", "1,6",
-                  "--variants", "ours,ours-eager,ours-graphall,ours-dynamic,ours-hostfusion,ours-serial,ours-fp32,"
-                                "baseline",
+                  "--variants", "ours,ours-eager,ours-graphall,ours-dynamic,ours-hostfusion,ours-serial,ours-flip,"
+                                "ours-fp32,baseline",
                   "--iterations", str(args.iterations), "--warmup", "5", "--accuracy-frames", "24",
                   "--out", str(args.out / "bench")])
         record("bench", rc == 0)

@@ -76,7 +76,7 @@ class Predictor:
                  max_detections: int | None = None, rpn_post_nms_top_n: int | None = None,
                  input_size: tuple[int, int] | None = None, channels_last: bool | None = None,
                  dense_mode: str = "eager", fusion_mode: str = "auto", detection_mode: str = "auto",
-                 sparse_graph: bool = False) -> None:
+                 sparse_graph: bool = False, test_time_flip: bool = False) -> None:
         """``channels_last``: NHWC activations (None = on: convolutions are faster that way on CUDA, and on the
         development CPU too, 192 -> 157 ms per 256x512 frame on one core, identical output);
         ``dense_mode``: how the dense part runs (:mod:`panoptic_ros.model.dense`); ``fusion_mode``:
@@ -85,7 +85,9 @@ class Predictor:
         ``detection_mode``: dynamic (torchvision's RPN/RoI heads), static (fixed shapes, no host
         synchronisation: :mod:`panoptic_ros.model.static_heads`) or auto (static on CUDA); ``sparse_graph``
         (CUDA with static detections and batched fusion; experimental, off until measured): everything
-        between the dense part and the host copies replayed as CUDA graphs (:mod:`panoptic_ros.model.graphs`)."""
+        between the dense part and the host copies replayed as CUDA graphs (:mod:`panoptic_ros.model.graphs`);
+        ``test_time_flip``: the dense part also sees each frame mirrored, in the same batch, and the stuff
+        classes' semantic logits are averaged over the two views (:func:`flip_average_stuff`)."""
         if fusion_mode not in FUSION_MODES:
             raise ValueError(f"fusion_mode must be one of {', '.join(FUSION_MODES)}, got {fusion_mode!r}")
         if detection_mode not in DETECTION_MODES:
@@ -120,6 +122,7 @@ class Predictor:
         self._stuff_ids = list(cfg.classes.stuff_ids)
         self._thing_lut = torch.tensor(self._thing_ids, dtype=torch.long, device=self.device)
         self._stuff_lut = torch.tensor(self._stuff_ids, dtype=torch.long, device=self.device)
+        self.test_time_flip = test_time_flip
         self._grids: dict[tuple, NearestGrid] = {}  # (network size, frame size) -> id-map resizing
         self._apply_score_threshold()
 
@@ -199,7 +202,7 @@ class Predictor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         t1 = time.perf_counter()
-        p, sem_logits = self.dense(x, self.dtype)
+        p, sem_logits = self.dense_outputs(x)
         sizes = [tuple(f.shape[:2]) for f in frames]
         if (self.sparse_graph is not None and self.device.type == "cuda" and self.static_detections
                 and self.batch_fusion):
@@ -225,6 +228,21 @@ class Predictor:
                 fused = [self._fuse_one(sem_logits[i], det) for i, det in enumerate(dets)]
         results = self._collect(fused, dets, sizes)
         return self._timed(results, t0, t1, t2)
+
+    def dense_outputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Normalised (B, 3, H, W) images -> (FPN maps, semantic logits), with the test-time flip if it is on.
+
+        The flip runs the dense part once on a batch of 2B (the images, then their mirrors), so a CUDA graph
+        covers both views; the instance head sees only the unmirrored maps.
+        """
+        if not self.test_time_flip:
+            return self.dense(x, self.dtype)
+        b = x.shape[0]
+        both = torch.cat([x, x.flip(-1)])
+        if self.channels_last:
+            both = both.contiguous(memory_format=torch.channels_last)
+        p, sem = self.dense(both, self.dtype)
+        return [t[:b] for t in p], flip_average_stuff(sem, b, self._stuff_lut)
 
     @staticmethod
     def _timed(results: list[PanopticResult], t0: float, t1: float, t2: float) -> list[PanopticResult]:
@@ -313,6 +331,19 @@ class Predictor:
                 boxes_xyxy=boxes.numpy()[:k], embeddings=embeddings.numpy()[order],
                 areas_px=areas.numpy()[:k].astype(np.int64)))
         return results
+
+
+def flip_average_stuff(semantic_logits: torch.Tensor, batch: int, stuff_ids: torch.Tensor) -> torch.Tensor:
+    """(2B, C, H, W) logits of B images followed by their mirrors -> (B, C, H, W): the stuff channels averaged
+    with the mirrored view's (mirrored back), the thing channels those of the unmirrored view.
+
+    Thing channels are left alone because fusion pairs them with the instance head's masks, which come from
+    the unmirrored view only; averaging them too cost thing PQ on the validation frames (docs/PERFORMANCE.md).
+    """
+    plain, mirrored = semantic_logits[:batch], semantic_logits[batch:].flip(-1)
+    stuff = torch.zeros(semantic_logits.shape[1], dtype=torch.bool, device=semantic_logits.device)
+    stuff[stuff_ids.to(semantic_logits.device)] = True
+    return torch.where(stuff[None, :, None, None], (plain + mirrored) * 0.5, plain)
 
 
 class NearestGrid:
