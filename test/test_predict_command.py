@@ -39,7 +39,7 @@ def test_predict_dataset_then_panopticapi_scores_it(tmp_path, model_file):
     assert 0.0 <= res["All"]["pq"] <= 1.0
 
 
-def test_predict_image_folder_and_bad_inputs(tmp_path, model_file, capsys):
+def test_predict_image_folder_and_bad_inputs(tmp_path, model_file, capsys, monkeypatch):
     folder = tmp_path / "imgs"
     folder.mkdir()
     for k in range(2):
@@ -48,8 +48,13 @@ def test_predict_image_folder_and_bad_inputs(tmp_path, model_file, capsys):
                  "--device", "cpu"]) == 0
     pred = list(CocoPanopticDataset(tmp_path / "o"))
     assert [f.sequence for f in pred] == ["img0", "img1"] and pred[0].semantic.shape == (64, 128)
+    from panoptic_ros.model.dense import DenseRunner
+    dense_batches, run_dense = [], DenseRunner.__call__
+    monkeypatch.setattr(DenseRunner, "__call__", lambda self, x, dtype: dense_batches.append(len(x)) or
+                        run_dense(self, x, dtype))
     assert main(["predict", "--input", str(folder), "--out", str(tmp_path / "flip"), "--model", str(model_file),
-                 "--device", "cpu", "--test-time-flip"]) == 0
+                 "--device", "cpu", "--batch", "2", "--test-time-flip"]) == 0
+    assert dense_batches == [4]  # the two frames and their mirror images, in one dense pass
     assert [f.semantic.shape for f in CocoPanopticDataset(tmp_path / "flip")] == [(64, 128), (64, 128)]
     empty = tmp_path / "empty"
     empty.mkdir()
