@@ -310,6 +310,10 @@ def report_markdown(report: "EvaluationReport", plots: dict[str, Path], comparis
     lines += _table(["class", "kind", "PQ", "SQ", "RQ", "TP", "FP", "FN", "IoU"], rows, "llrrrrrrr")
     if CONFUSION_PLOT in plots:
         lines += ["", f"![semantic confusion]({plots[CONFUSION_PLOT].name})"]
+        top = miou.top_confusions() if miou is not None else ()
+        if top:
+            lines += ["", "Largest confusions (share of the ground-truth class's pixels):", ""]
+            lines += _table(["ground truth", "predicted as", "share"], [[g, p, _pct(v)] for g, p, v in top], "llr")
     lines += _area_section(report, plots)
     lines += ["", "VPQ per window size (frames):", ""]
     lines += _table(["window", "VPQ", "things", "stuff", "windows"],

@@ -281,6 +281,9 @@ def test_report_files_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert "| wall | stuff |" in md and "switched" in md and "Full-occlusion events: 1" in md
     assert "### Recall by segment area" in md and "| **all things** |" in md
     pq = json.loads((out / "report.json").read_text())["pq"]
+    conf, top = pq["miou"]["confusion"], pq["miou"]["top_confusions"]
+    assert len(conf["pixels"]) == len(conf["rows"]) and len(conf["pixels"][0]) == len(conf["rows"]) + 1
+    assert top and f"| {top[0]['gt']} | {top[0]['pred']} |" in md  # the largest confusion, in report.md too
     by_area = pq["by_area"]
     for c in pq["per_class"]:
         counts = by_area["per_class"].get(c["name"], {"gt": [0], "matched": [0], "fp": [0]})

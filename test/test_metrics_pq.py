@@ -473,6 +473,13 @@ def test_miou_hand_computed() -> None:
     assert all(math.isnan(v) for v in r.iou[2:])
     assert r.miou == 0.625
     assert r.confusion[1, len(SMALL)] == 1  # the void prediction on building
+    # road: 1 of its 4 pixels went to building (25 %); building: 1 of 3 to void (33 %)
+    assert r.top_confusions() == (("building", "void", 1 / 3), ("road", "building", 0.25))
+    assert r.top_confusions(k=1) == (("building", "void", 1 / 3),)
+    assert r.top_confusions(min_share=0.3) == (("building", "void", 1 / 3),)
+    d = r.to_dict()
+    assert d["confusion"]["columns"][-1] == "void" and d["confusion"]["pixels"][0][:2] == [3, 1]
+    assert d["top_confusions"][1] == {"gt": "road", "pred": "building", "share": 0.25}
 
 
 def test_miou_agrees_with_cityscapesscripts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

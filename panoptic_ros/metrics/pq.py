@@ -563,9 +563,27 @@ class MIoUResult:
     class_names: tuple[str, ...]
     confusion: np.ndarray = field(repr=False, compare=False)  # int64 (C, C+1)
 
+    def top_confusions(self, k: int = 10, min_share: float = 0.01) -> tuple[tuple[str, str, float], ...]:
+        """The ``k`` largest off-diagonal shares ``(ground truth, predicted as, share of its pixels)``.
+
+        A share is of the ground-truth class's non-void pixels (a row of the row-normalised
+        matrix; "void" is a prediction of no class); shares under ``min_share`` are left out.
+        """
+        conf = self.confusion.astype(np.float64)
+        share = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1.0)
+        c = conf.shape[0]
+        share[np.arange(c), np.arange(c)] = 0.0
+        cols = (*self.class_names, "void")
+        order = np.argsort(-share, axis=None, kind="stable")[:k]
+        return tuple((self.class_names[i], cols[j], float(share[i, j]))
+                     for i, j in (np.unravel_index(o, share.shape) for o in order) if share[i, j] >= min_share)
+
     def to_dict(self) -> dict:
         return {"miou": _json_float(self.miou),
-                "per_class": {n: _json_float(v) for n, v in zip(self.class_names, self.iou)}}
+                "per_class": {n: _json_float(v) for n, v in zip(self.class_names, self.iou)},
+                "confusion": {"rows": list(self.class_names), "columns": [*self.class_names, "void"],
+                              "pixels": self.confusion.tolist()},
+                "top_confusions": [{"gt": g, "pred": p, "share": round(v, 6)} for g, p, v in self.top_confusions()]}
 
 
 @dataclass(frozen=True)
