@@ -17,6 +17,8 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Iterator
 
 _MISSING = dataclasses.MISSING
@@ -337,6 +339,47 @@ def flatten_yaml_params(doc: dict) -> dict[str, dict[str, Any]]:
         walk(params, "")
         out[node] = flat
     return out
+
+
+def parse_param(text: str) -> tuple[str, str]:
+    """'tracker.min_hits:=2' -> ('tracker.min_hits', '2') (also NAME=VALUE)."""
+    sep = ":=" if ":=" in text else "="
+    name, _, value = text.partition(sep)
+    if not name.strip() or not _:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME:=VALUE (e.g. -p tracker.min_hits:=2)")
+    return name.strip(), value.strip()
+
+
+def add_node_param_flags(parser: argparse.ArgumentParser) -> None:
+    """``--params-file FILE`` and ``-p NAME:=VALUE`` (read by :func:`node_params`), as the offline tools take them."""
+    parser.add_argument("--params-file", type=Path, default=None,
+                        help="a ROS 2 params file of the node (config/*.yaml)")
+    parser.add_argument("-p", "--param", dest="param_values", type=parse_param, action="append", default=[],
+                        metavar="NAME:=VALUE", help="a node parameter, as on `ros2 run`: -p tracker.min_hits:=2")
+
+
+def node_params(model: str | None, device: str | None, params_file: Path | None,
+                values: Sequence[tuple[str, Any]]) -> tuple[NodeParams, dict[str, Any]]:
+    """The node parameters from a params file, ``-p`` values, ``--model`` and ``--device`` (later wins);
+    returns them and the explicitly set values. ValueError naming the bad parameter."""
+    import yaml
+
+    chosen: dict[str, Any] = {}
+    if params_file is not None:
+        try:
+            doc = yaml.safe_load(params_file.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read --params-file {params_file}: {exc}") from None
+        for node_values in flatten_yaml_params(doc).values():
+            chosen.update(node_values)
+    chosen.update(dict(values))
+    if model is not None:
+        chosen["model.path"] = model
+    if device is not None:
+        chosen["model.device"] = device
+    params = build(NodeParams, chosen)
+    explicit = {k: v for k, v in flatten(params).items() if k in chosen}
+    return params, explicit
 
 
 def markdown_table(schema: type = NodeParams) -> str:

@@ -56,7 +56,7 @@ import yaml
 
 from panoptic_ros.classes import VOID, ClassTable
 from panoptic_ros.datasets.types import DatasetError
-from panoptic_ros.params import NodeParams, build, flatten, flatten_yaml_params
+from panoptic_ros.params import NodeParams, add_node_param_flags, flatten, node_params
 from panoptic_ros.panoptic import LABEL_DIVISOR, PANOPTIC_ENCODING
 from panoptic_ros.scaleout import RAY_LOCAL, ScaleOut, ScaleOutError, default_workers, map_ordered
 
@@ -1042,37 +1042,6 @@ def replay_bag(bag: str | Path, out_dir: str | Path, settings: ReplaySettings, p
 # --------------------------------------------------------------------------- command line
 
 
-def parse_param(text: str) -> tuple[str, str]:
-    """'tracker.min_hits:=2' -> ('tracker.min_hits', '2') (also NAME=VALUE)."""
-    sep = ":=" if ":=" in text else "="
-    name, _, value = text.partition(sep)
-    if not name.strip() or not _:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME:=VALUE (e.g. -p tracker.min_hits:=2)")
-    return name.strip(), value.strip()
-
-
-def node_params(model: str | None, device: str | None, params_file: Path | None,
-                values: Sequence[tuple[str, str]]) -> tuple[NodeParams, dict[str, Any]]:
-    """The node parameters from a params file, ``-p`` values, ``--model`` and ``--device`` (later wins);
-    returns them and the explicitly set values. ValueError naming the bad parameter."""
-    chosen: dict[str, Any] = {}
-    if params_file is not None:
-        try:
-            doc = yaml.safe_load(params_file.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"cannot read --params-file {params_file}: {exc}") from None
-        for node_values in flatten_yaml_params(doc).values():
-            chosen.update(node_values)
-    chosen.update(dict(values))
-    if model is not None:
-        chosen["model.path"] = model
-    if device is not None:
-        chosen["model.device"] = device
-    params = build(NodeParams, chosen)
-    explicit = {k: v for k, v in flatten(params).items() if k in chosen}
-    return params, explicit
-
-
 def output_dirs(bags: Sequence[Path], out: Path) -> list[Path]:
     """``out`` for one bag; ``out/{bag name}`` each for several (names must differ)."""
     if len(bags) == 1:
@@ -1096,9 +1065,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="output directory (default ./panoptic_replay; one sub-directory per bag when several)")
     p.add_argument("--model", default=None, help="model file (.safetensors); default: the shipped demo model")
     p.add_argument("--device", default=None, help="inference device: auto, cpu, cuda, cuda:N (default auto)")
-    p.add_argument("--params-file", type=Path, default=None, help="a ROS 2 params file of the node (config/*.yaml)")
-    p.add_argument("-p", "--param", dest="param_values", type=parse_param, action="append", default=[],
-                   metavar="NAME:=VALUE", help="a node parameter, as on `ros2 run`: -p tracker.min_hits:=2")
+    add_node_param_flags(p)
     p.add_argument("--storage", choices=STORAGES, default="mcap", help="output bag storage (default mcap)")
     p.add_argument("--no-video", action="store_true", help="do not write overlay.mp4")
     p.add_argument("--no-overlay", action="store_true", help="do not record the overlay topic in the output bag")
@@ -1202,5 +1169,5 @@ def param_text(value: Any) -> str:
 
 __all__ = ["BagError", "BagMessage", "BagSource", "CameraCounts", "CameraStream", "OfflineReplay", "OutputBag",
            "OutputMessages", "OverlayVideo", "ReplayJob", "ReplayResult", "ReplaySettings", "ReplaySetupError",
-           "bag_directories", "bag_read_errors", "find_cameras", "latency_summary", "model_id", "node_params",
+           "bag_directories", "bag_read_errors", "find_cameras", "latency_summary", "model_id",
            "param_text", "register", "replay_bag", "run", "run_replay_job", "video_path", "write_timings"]

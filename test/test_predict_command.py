@@ -63,6 +63,9 @@ def test_predict_image_folder_and_bad_inputs(tmp_path, model_file, capsys, monke
     assert main(["predict", "--input", str(folder), "--out", str(tmp_path / "o3"),
                  "--model", str(tmp_path / "missing.safetensors")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert main(["predict", "--input", str(folder), "--out", str(tmp_path / "o4"), "--model", str(model_file),
+                 "-p", "model.score_threshold:=1.5"]) == 1
+    assert "model.score_threshold" in capsys.readouterr().err
 
 
 def test_predict_track_writes_track_ids_consistent_across_a_sequence(tmp_path):
@@ -83,6 +86,16 @@ def test_predict_track_writes_track_ids_consistent_across_a_sequence(tmp_path):
     assert ids[("a", 0)] == set() and ids[("b", 0)] == set()  # tentative on the first frame: no id yet
     assert ids[("a", 1)] and ids[("a", 1)] == ids[("a", 2)] == ids[("a", 3)]
     assert ids[("b", 1)] == ids[("a", 1)]  # a fresh tracker for sequence b numbers its objects the same way
+    # The node's parameters reach predict: a params file, then -p over it (later wins).
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("/**:\n  ros__parameters:\n    tracker:\n      min_hits: 3\n")
+    assert main(args + ["--out", str(tmp_path / "eager"), "--track", "--params-file", str(params_file),
+                        "-p", "tracker.min_hits:=1"]) == 0
+    eager = {(f.sequence, f.frame_index): f for f in CocoPanopticDataset(tmp_path / "eager")}
+    assert set(np.unique(eager[("a", 0)].instance[eager[("a", 0)].instance > 0]).tolist())  # confirmed at once
+    assert main(args + ["--out", str(tmp_path / "late"), "--track", "--params-file", str(params_file)]) == 0
+    late = {(f.sequence, f.frame_index): f for f in CocoPanopticDataset(tmp_path / "late")}
+    assert not (late[("a", 1)].instance > 0).any() and (late[("a", 2)].instance > 0).any()  # third hit
     assert main(args + ["--out", str(tmp_path / "plain")]) == 0
     plain = {(f.sequence, f.frame_index): f for f in CocoPanopticDataset(tmp_path / "plain")}
     assert set(np.unique(plain[("a", 0)].instance[plain[("a", 0)].instance > 0]).tolist())  # per-frame ids

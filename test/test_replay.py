@@ -19,6 +19,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from panoptic_ros import cli, replay
+from panoptic_ros import params as params_mod
 from panoptic_ros.datasets.rosbag_io import RosbagDataset, panoptic_typestore, write_rosbag
 from panoptic_ros.panoptic import decode_panoptic
 from panoptic_ros.synth import SynthConfig, SyntheticSequence
@@ -536,8 +537,8 @@ def test_node_parameters_from_file_flags_and_shortcuts(tmp_path: Path) -> None:
     params_file = tmp_path / "params.yaml"
     params_file.write_text("/**:\n  ros__parameters:\n    max_batch: 3\n    tracker:\n      min_hits: 4\n"
                            "    model:\n      device: cuda\n")
-    params, explicit = replay.node_params("/m.safetensors", "cpu", params_file, [("tracker.min_hits", "2"),
-                                                                                ("overlay_alpha", "0.25")])
+    params, explicit = params_mod.node_params("/m.safetensors", "cpu", params_file,
+                                              [("tracker.min_hits", "2"), ("overlay_alpha", "0.25")])
     assert (params.max_batch, params.tracker.min_hits, params.model.device, params.model.path,
             params.overlay_alpha) == (3, 2, "cpu", "/m.safetensors", 0.25)
     assert explicit == {"max_batch": 3, "tracker.min_hits": 2, "model.device": "cpu",
@@ -546,8 +547,8 @@ def test_node_parameters_from_file_flags_and_shortcuts(tmp_path: Path) -> None:
     assert [replay.param_text(v) for v in (3, 0.25, 1.0, True, "/m.safetensors", ["front", "rear"], "it's")] == \
         ["3", "0.25", "1.0", "true", "'/m.safetensors'", "['front', 'rear']", "'it''s'"]
     with pytest.raises(ValueError, match="unknown parameter"):
-        replay.node_params(None, None, None, [("tracker.nope", "1")])
-    assert replay.parse_param("a.b:=c=d") == ("a.b", "c=d")
+        params_mod.node_params(None, None, None, [("tracker.nope", "1")])
+    assert params_mod.parse_param("a.b:=c=d") == ("a.b", "c=d")
 
 
 def test_frames_the_pipeline_refuses_are_skipped_and_counted(tmp_path: Path, model_path: Path,

@@ -4,7 +4,8 @@ Output: ``OUT/annotations/panoptic_pred.json`` + ``OUT/annotations/panoptic_pred
 (segment ids RGB-encoded, category id = the model's class id), so
 panopticapi, cityscapesScripts or ``panoptic-ros evaluate`` can score it.
 Frames keep their sequence names and indices, so predictions line up with
-the ground truth they came from.
+the ground truth they came from. The model and tracker are configured by the
+node's parameters (``--params-file``, ``-p NAME:=VALUE``), as ``replay`` takes them.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from panoptic_ros.datasets.types import DatasetError, PanopticFrame
 from panoptic_ros.panoptic import LABEL_DIVISOR
+from panoptic_ros.params import TrackerParams, add_node_param_flags, node_params
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -49,21 +51,22 @@ DEFAULT_FPS = 10.0  # frame rate assumed for tracking when frames carry no stamp
 
 
 def predict_to_coco(predictor, frames: Iterator[PanopticFrame], out: Path, batch: int = 4,
-                    progress: bool = True, track: bool = False) -> tuple[Path, int]:
+                    progress: bool = True, track: bool = False,
+                    tracker: TrackerParams | None = None) -> tuple[Path, int]:
     """Write predictions for ``frames``; returns (json path, frame count).
 
     ``track``: run each sequence through the node's pipeline (model + tracker, one tracker per
     sequence) and write track ids as segment ids, consistent across a sequence's frames, so that video
     metrics (VPQ, STQ, IDF1, HOTA) of the output mean something; thing pixels of detections not yet
-    confirmed as tracks carry no id, as in the node's panoptic image."""
+    confirmed as tracks carry no id, as in the node's panoptic image. ``tracker``: its settings
+    (default: the node's defaults)."""
     from panoptic_ros.datasets.coco import CocoPanopticWriter
 
     writer = CocoPanopticWriter(out, "pred", predictor.classes, info={
         "description": "panoptic predictions written by panoptic-ros predict", "tracked": track})
-    from panoptic_ros.params import TrackerParams
     from panoptic_ros.pipeline import CameraFrame, Pipeline
 
-    pipeline = Pipeline(predictor, tracker=TrackerParams(), max_batch=1) if track else None
+    pipeline = Pipeline(predictor, tracker=tracker or TrackerParams(), max_batch=1) if track else None
     count = 0
     pending: list[PanopticFrame] = []
     bar = None
@@ -110,8 +113,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="dataset directory, rosbag2, or folder of images")
     p.add_argument("--out", required=True, help="output directory (COCO panoptic layout)")
-    p.add_argument("--model", default="", help="model .safetensors (default: the shipped demo model)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--model", default=None, help="model .safetensors (default: the shipped demo model)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--batch", type=int, default=4, help="frames per model call (without --track)")
     p.add_argument("--track", action="store_true",
                    help="track objects through each sequence (the node's tracker) and write track ids as segment "
@@ -119,22 +122,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-time-flip", action="store_true",
                    help="average the stuff classes' semantic logits over each frame and its mirror image "
                         "(model.test_time_flip: higher PQ, a second dense pass per frame)")
+    add_node_param_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from panoptic_ros.model.checkpoint import CheckpointError
-    from panoptic_ros.model.predictor import Predictor
-    from panoptic_ros.pipeline import resolve_model_path
+    from panoptic_ros.pipeline import load_predictor
 
     if args.batch < 1:
         print("panoptic-ros predict: --batch must be >= 1", file=sys.stderr)
         return 2
     try:
-        predictor = Predictor.from_file(resolve_model_path(args.model), device=args.device,
-                                        test_time_flip=args.test_time_flip)
+        flip = [("model.test_time_flip", True)] if args.test_time_flip else []
+        params, _ = node_params(args.model, args.device, args.params_file, [*args.param_values, *flip])
+        predictor = load_predictor(params.model)
         path, n = predict_to_coco(predictor, input_frames(Path(args.input)), Path(args.out), args.batch,
-                                  track=args.track)
+                                  track=args.track, tracker=params.tracker)
     except (CheckpointError, DatasetError, ValueError) as exc:
         print(f"panoptic-ros predict: {exc}", file=sys.stderr)
         return 1
