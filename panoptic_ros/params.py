@@ -16,8 +16,8 @@ import argparse
 import dataclasses
 import math
 import typing
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
