@@ -218,10 +218,10 @@ def plot_confusion(report: "EvaluationReport", path: Path) -> Path:
     from matplotlib.figure import Figure
 
     miou = report.pq.miou
-    conf = miou.confusion.astype(np.float64)  # (C, C + 1): ground truth x (prediction, void)
+    conf = miou.confusion  # (C, C + 1): ground truth x (prediction, void)
     rows = [i for i in range(conf.shape[0]) if conf[i].sum() > 0]
     cols = [j for j in range(conf.shape[0]) if j in rows or conf[:, j].sum() > 0] + [conf.shape[1] - 1]
-    share = conf[np.ix_(rows, cols)] / np.maximum(conf[rows].sum(axis=1, keepdims=True), 1.0)
+    share = miou.shares()[np.ix_(rows, cols)]
     names = report.classes.names
     fig = Figure(figsize=(1.6 + 0.42 * len(cols), 1.4 + 0.36 * len(rows)), dpi=110)
     ax = fig.add_subplot()
@@ -310,7 +310,7 @@ def report_markdown(report: "EvaluationReport", plots: dict[str, Path], comparis
     lines += _table(["class", "kind", "PQ", "SQ", "RQ", "TP", "FP", "FN", "IoU"], rows, "llrrrrrrr")
     if CONFUSION_PLOT in plots:
         lines += ["", f"![semantic confusion]({plots[CONFUSION_PLOT].name})"]
-        top = miou.top_confusions() if miou is not None else ()
+        top = miou.top_confusions()  # the plot exists only where mIoU does
         if top:
             lines += ["", "Largest confusions (share of the ground-truth class's pixels):", ""]
             lines += _table(["ground truth", "predicted as", "share"], [[g, p, _pct(v)] for g, p, v in top], "llr")

@@ -563,15 +563,17 @@ class MIoUResult:
     class_names: tuple[str, ...]
     confusion: np.ndarray = field(repr=False, compare=False)  # int64 (C, C+1)
 
-    def top_confusions(self, k: int = 10, min_share: float = 0.01) -> tuple[tuple[str, str, float], ...]:
-        """The ``k`` largest off-diagonal shares ``(ground truth, predicted as, share of its pixels)``.
-
-        A share is of the ground-truth class's non-void pixels (a row of the row-normalised
-        matrix; "void" is a prediction of no class); shares under ``min_share`` are left out.
-        """
+    def shares(self) -> np.ndarray:
+        """The confusion matrix normalised by row: each ground-truth class's pixels by what they were
+        predicted as (the last column: void); all-zero rows stay zero."""
         conf = self.confusion.astype(np.float64)
-        share = conf / np.maximum(conf.sum(axis=1, keepdims=True), 1.0)
-        c = conf.shape[0]
+        return conf / np.maximum(conf.sum(axis=1, keepdims=True), 1.0)
+
+    def top_confusions(self, k: int = 10, min_share: float = 0.01) -> tuple[tuple[str, str, float], ...]:
+        """The ``k`` largest off-diagonal :meth:`shares` ``(ground truth, predicted as, share of its pixels)``;
+        "void" is a prediction of no class; shares under ``min_share`` are left out."""
+        share = self.shares()
+        c = share.shape[0]
         share[np.arange(c), np.arange(c)] = 0.0
         cols = (*self.class_names, "void")
         order = np.argsort(-share, axis=None, kind="stable")[:k]
