@@ -237,9 +237,13 @@ def test_training_can_continue_from_a_model_file(tmp_path, tiny_model_file):
     assert card["config"]["fpn_channels"] == TINY["fpn_channels"]  # the init model's architecture, not the preset's
     assert card["training"]["settings"]["init"] == str(path)
     # Continued once more: the card nests the whole chain, each run with its own record, and sums it.
-    s2 = TrainSettings(out=str(tmp_path / "cont2"), init=str(out), steps=2, warmup_steps=1, checkpoint_every=1)
+    # (with the semantic loss weighted per class, which the card's settings and command record)
+    s2 = TrainSettings(out=str(tmp_path / "cont2"), init=str(out), steps=2, warmup_steps=1, checkpoint_every=1,
+                       semantic_class_weights={"traffic light": 2.5})
     card2 = json.loads(train(s2, source=FixedPairs(), progress=False).with_suffix(".json").read_text())
     t = card2["training"]
+    assert t["settings"]["semantic_class_weights"] == {"traffic light": 2.5}
+    assert "--semantic-class-weight 'traffic light=2.5'" in t["command"]
     assert t["steps_done"] == 2 and t["settings"]["init"] == str(out)
     assert t["parent"]["weights_sha256"] == card["weights_sha256"] and t["parent"]["steps_done"] == 1
     assert t["parent"]["parent"]["weights_sha256"] == json.loads(path.with_suffix(".json").read_text())["weights_sha256"]
@@ -250,6 +254,7 @@ def test_training_can_continue_from_a_model_file(tmp_path, tiny_model_file):
 def test_the_cards_training_command_reproduces_the_settings():
     """The command written into a model card parses back into the same settings (flags and --input-size too)."""
     import argparse
+    import shlex
 
     from panoptic_ros.model.train import _settings_argv, register, settings_from_args
 
@@ -257,9 +262,51 @@ def test_the_cards_training_command_reproduces_the_settings():
     register(parser.add_subparsers())
     for s in (TrainSettings(out="runs/x"),
               TrainSettings(out="runs/y", steps=10, lr=4e-4, amp=False, channels_last=False, init="m.safetensors",
-                            data_workers=3, time_budget_s=90.0, overrides={"input_height": 128, "input_width": 256})):
-        argv = " ".join(_settings_argv(s)).split()
+                            data_workers=3, time_budget_s=90.0, overrides={"input_height": 128, "input_width": 256},
+                            semantic_class_weights={"traffic light": 2.5, "wall": 1.75})):
+        argv = shlex.split(" ".join(_settings_argv(s)))
         assert settings_from_args(parser.parse_args(["train", *argv])) == s
+
+
+def test_semantic_loss_class_weights_on_a_hand_made_case():
+    """Per-class weights scale each pixel's cross-entropy by its true class's weight: the mean term becomes the
+    weighted mean and the hard-pixel term picks the largest weighted losses; void pixels stay out."""
+    import math
+
+    from panoptic_ros.model.efficientps import semantic_loss
+
+    logits = torch.zeros(1, 3, 1, 4)  # uniform over 3 classes: every labelled pixel's loss is ln 3
+    target = torch.tensor([[[0, 1, 2, 255]]])
+    ln3 = math.log(3)
+    assert semantic_loss(logits, target, 0.34).item() == pytest.approx(ln3)
+    w = torch.tensor([1.0, 2.0, 5.0])
+    # weighted mean: (1 + 2 + 5) ln3 / 8 = ln3; hardest third of 3 pixels = 1 pixel, the class-2 one: 5 ln3
+    assert semantic_loss(logits, target, 0.34, w).item() == pytest.approx(0.5 * ln3 + 0.5 * 5 * ln3)
+    logits[0, 0, 0, 0] = 10.0  # pixel 0 now nearly right: the weighted mean is (~0 + 2 ln3 + 5 ln3) / 8
+    ce0 = math.log(1 + 2 * math.exp(-10.0))
+    expect = 0.5 * (ce0 + 7 * ln3) / 8 + 0.5 * 5 * ln3
+    assert semantic_loss(logits, target, 0.34, w).item() == pytest.approx(expect, rel=1e-6)
+
+
+def test_semantic_class_weights_are_checked_against_the_class_table():
+    import argparse
+
+    from panoptic_ros.model.config import PRESETS
+    from panoptic_ros.model.train import parse_class_weight, semantic_class_weight_tensor
+
+    cfg = PRESETS["demo"](**TINY)
+    assert semantic_class_weight_tensor({}, cfg, torch.device("cpu")) is None
+    w = semantic_class_weight_tensor({"traffic light": 2.5}, cfg, torch.device("cpu"))
+    assert w.shape == (len(cfg.classes),) and w[cfg.classes.by_name("traffic light").train_id] == 2.5
+    assert float(w.sum()) == len(cfg.classes) - 1 + 2.5
+    with pytest.raises(ValueError, match="unknown classes \\['trafic light'\\]"):
+        semantic_class_weight_tensor({"trafic light": 2.0}, cfg, torch.device("cpu"))
+    with pytest.raises(ValueError, match="finite and > 0"):
+        semantic_class_weight_tensor({"wall": 0.0}, cfg, torch.device("cpu"))
+    assert parse_class_weight("traffic light=2.5") == ("traffic light", 2.5)
+    for bad in ("wall", "=2", "wall=x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="CLASS=WEIGHT"):
+            parse_class_weight(bad)
 
 
 def test_data_workers_give_the_same_step_keyed_samples_as_one_process(tmp_path):

@@ -69,14 +69,17 @@ class EfficientPS(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # for tracing/export
         return self.forward_dense(x)
 
-    def loss(self, images: torch.Tensor, semantic: torch.Tensor,
-             targets: list[InstanceTargets], semantic_hard_fraction: float = 0.25) -> dict[str, torch.Tensor]:
-        """images: (B, 3, H, W) uint8; semantic: (B, H, W) int64 train ids (255 ignored)."""
+    def loss(self, images: torch.Tensor, semantic: torch.Tensor, targets: list[InstanceTargets],
+             semantic_hard_fraction: float = 0.25,
+             semantic_class_weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """images: (B, 3, H, W) uint8; semantic: (B, H, W) int64 train ids (255 ignored);
+        semantic_class_weights: (num_classes,) per-class weights of the semantic loss, or None (all 1)."""
         x = self.normalize(images)
         p, sem_logits = self.features(x)
         sizes = [tuple(x.shape[-2:])] * x.shape[0]
         losses = self.instance_head.loss(p, sizes, targets)
-        losses["loss_semantic"] = semantic_loss(sem_logits, semantic, semantic_hard_fraction)
+        losses["loss_semantic"] = semantic_loss(sem_logits, semantic, semantic_hard_fraction,
+                                                 semantic_class_weights)
         return losses
 
     @torch.no_grad()
@@ -96,18 +99,30 @@ class EfficientPS(nn.Module):
         return RawPrediction(sem_logits, self.instance_head.predict(p, sizes))
 
 
-def semantic_loss(logits: torch.Tensor, target: torch.Tensor, hard_fraction: float) -> torch.Tensor:
+def semantic_loss(logits: torch.Tensor, target: torch.Tensor, hard_fraction: float,
+                  class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy averaged over all labelled pixels plus over the hardest ``hard_fraction`` of them.
 
     EfficientPS weights hard pixels more (its "weighted per-pixel log-loss");
-    thin classes such as poles and signs are mostly hard pixels.
+    thin classes such as poles and signs are mostly hard pixels. With
+    ``class_weights`` each pixel's loss is scaled by its true class's weight:
+    the first term becomes the weighted mean, and the hardest pixels are the
+    ones with the largest *weighted* loss.
     """
+    flat = target.flatten()
     ce = F.cross_entropy(logits.float(), target, ignore_index=255, reduction="none").flatten()
-    valid = ce[target.flatten() != 255]
+    labelled = flat != 255
+    valid = ce[labelled]
     if valid.numel() == 0:
         return logits.sum() * 0.0
+    if class_weights is None:
+        mean = valid.mean()
+    else:
+        w = class_weights.to(valid)[flat[labelled]]
+        valid = valid * w
+        mean = valid.sum() / w.sum()
     k = max(1, int(valid.numel() * hard_fraction))
-    return 0.5 * valid.mean() + 0.5 * torch.topk(valid, k, sorted=False).values.mean()
+    return 0.5 * mean + 0.5 * torch.topk(valid, k, sorted=False).values.mean()
 
 
 def build_model(cfg: ModelConfig) -> EfficientPS:

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import random
+import shlex
 import time
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
@@ -79,6 +80,7 @@ class TrainSettings:
     init: str = ""  # start from these weights (a model .safetensors with its card), e.g. to continue a shipped model
     data_workers: int = 0  # processes rendering synthetic frames; > 0: step-keyed sampling (see the module doc)
     time_budget_s: float = 0.0  # > 0: the schedule runs over this much training time, which ends the run
+    semantic_class_weights: dict = field(default_factory=dict)  # class name -> semantic loss weight (others 1)
     overrides: dict = field(default_factory=dict)  # ModelConfig overrides
 
 
@@ -349,6 +351,7 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
         torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))
         print(f"resuming {out} at step {step}/{s.steps}")
     ema = WeightAverage(model, s.ema_decay, state_dir / "ema.safetensors") if s.ema_decay > 0 else None
+    class_weights = semantic_class_weight_tensor(s.semantic_class_weights, cfg, device)
     (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
     source = source or SyntheticPairs(cfg, s)
     use_amp = s.amp and device.type == "cuda"
@@ -376,7 +379,7 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
             for g in optimizer.param_groups:
                 g["lr"] = lr
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                losses = model.loss(images, semantic, targets)
+                losses = model.loss(images, semantic, targets, semantic_class_weights=class_weights)
             total = sum(losses.values())
             if not torch.isfinite(total):
                 raise FloatingPointError(f"loss became {float(total)} at step {step}: {_fmt(losses)}; "
@@ -413,6 +416,32 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
     if bar is not None:
         bar.close()
     return _export(ema.model if ema else model, cfg, s, source, history, out, evaluate_fn, parent, interim=False)
+
+
+def semantic_class_weight_tensor(weights: dict[str, float], cfg: ModelConfig,
+                                  device: torch.device) -> torch.Tensor | None:
+    """The semantic loss's per-class weights (classes not named weigh 1), or None when none is set."""
+    if not weights:
+        return None
+    names = cfg.classes.names
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ValueError(f"--semantic-class-weight names unknown classes {unknown}; known: {', '.join(names)}")
+    bad = {k: v for k, v in weights.items() if not (float(v) > 0 and math.isfinite(float(v)))}
+    if bad:
+        raise ValueError(f"--semantic-class-weight weights must be finite and > 0, got {bad}")
+    return torch.tensor([float(weights.get(n, 1.0)) for n in names], device=device)
+
+
+def parse_class_weight(text: str) -> tuple[str, float]:
+    """'traffic light=2.5' -> ('traffic light', 2.5)."""
+    name, sep, value = text.rpartition("=")
+    try:
+        if not sep or not name.strip():
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected CLASS=WEIGHT (e.g. 'traffic light=2.5'), got {text!r}")
 
 
 class WeightAverage:
@@ -497,6 +526,8 @@ def _settings_argv(s: TrainSettings) -> list[str]:
         elif k == "overrides":
             if "input_height" in v and "input_width" in v:
                 argv.append(f"--input-size {v['input_height']}x{v['input_width']}")
+        elif k == "semantic_class_weights":
+            argv += [f"--semantic-class-weight {shlex.quote(f'{name}={w:g}')}" for name, w in v.items()]
         elif isinstance(v, bool):
             if v != getattr(defaults, k):
                 argv.append(f"--{k.replace('_', '-')}" if v else f"--no-{k.replace('_', '-')}")
@@ -584,6 +615,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="NCHW activations instead of channels-last (NHWC, the faster default)")
     p.add_argument("--init", default="", help="initialise from a model .safetensors (continue training a model)")
     p.add_argument("--input-size", default=None, help="HxW network input, overriding the preset (multiples of 32)")
+    p.add_argument("--semantic-class-weight", dest="semantic_class_weights", type=parse_class_weight,
+                   action="append", default=[], metavar="CLASS=WEIGHT",
+                   help="weight of one class's pixels in the semantic loss (repeatable; others weigh 1), "
+                        "e.g. 'traffic light=2.7'")
     p.add_argument("--no-eval", action="store_true", help="skip the held-out PQ evaluation at the end")
     p.set_defaults(func=run)
 
@@ -598,6 +633,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         overrides.update(input_height=h, input_width=w)
     fields = set(TrainSettings.__dataclass_fields__)
     kwargs = {k: v for k, v in vars(args).items() if k in fields}
+    kwargs["semantic_class_weights"] = dict(kwargs.get("semantic_class_weights") or [])
     return TrainSettings(**kwargs, overrides=overrides)
 
 
