@@ -447,3 +447,29 @@ def test_bench_train_times_the_real_training_loop(tmp_path, tiny_model_file):
     row = json.loads(out.read_text())
     assert row["steps_timed"] == 4 and len(row["run_medians_s"]) == 2
     assert 0 < row["median_s"] <= row["p90_s"] * (1 + 1e-9)
+
+
+def test_train_vs_heldout_scores_the_frames_training_drew(tmp_path, tiny_model_file, capsys):
+    """tools/train_vs_heldout.py scores frames 0, s, 2s.. of the training seeds' full-length worlds (the very
+    frames training renders) next to the same sampling of held-out seeds."""
+    import importlib.util
+    from pathlib import Path
+
+    from panoptic_ros.model.evaluation import synthetic_frames
+    from panoptic_ros.synth import SynthConfig, SyntheticSequence
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "train_vs_heldout.py"
+    spec = importlib.util.spec_from_file_location("train_vs_heldout", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    # the sampling: frame 2 of seed 3's 4-frame world is what training's SyntheticPairs renders for it
+    f = list(synthetic_frames(3, 1, 2, 64, 128, 2))[1]
+    g = SyntheticSequence(seed=3, num_frames=4, config=SynthConfig(height=64, width=128)).render(2)
+    assert (f.image == g.image).all() and (f.instance == g.instance).all()
+    assert tool.main(["--model", str(tiny_model_file[0]), "--sequences", "1", "--frames", "2",
+                      "--frames-per-sequence", "4", "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"train", "heldout"} and out["train"]["frames"] == out["heldout"]["frames"] == 2
+    assert all(0.0 <= out[k]["pq"] <= 1.0 for k in out)
+    with pytest.raises(SystemExit):
+        tool.main(["--model", str(tiny_model_file[0]), "--frames", "3", "--frames-per-sequence", "80"])
