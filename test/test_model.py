@@ -249,6 +249,12 @@ def test_training_can_continue_from_a_model_file(tmp_path, tiny_model_file):
     assert t["parent"]["parent"]["weights_sha256"] == json.loads(path.with_suffix(".json").read_text())["weights_sha256"]
     assert t["total_steps"] == 3 and t["total_train_time_s"] == pytest.approx(
         t["train_time_s"] + t["parent"]["train_time_s"])
+    # --input-size applies to a continued model too (the network is convolutional): trained and carded at 96x192
+    s3 = TrainSettings(out=str(tmp_path / "cont3"), init=str(out), steps=1, warmup_steps=1, checkpoint_every=1,
+                       overrides={"input_height": 96, "input_width": 192})
+    card3 = json.loads(train(s3, source=FixedPairs(), progress=False).with_suffix(".json").read_text())
+    assert (card3["config"]["input_height"], card3["config"]["input_width"]) == (96, 192)
+    assert card3["config"]["fpn_channels"] == TINY["fpn_channels"]
 
 
 def test_the_cards_training_command_reproduces_the_settings():

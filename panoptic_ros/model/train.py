@@ -33,7 +33,7 @@ import random
 import shlex
 import time
 from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -326,7 +326,9 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
         model, parent = load_model(s.init)
         if parent.config.classes != cfg.classes:
             raise CheckpointError(f"--init {s.init} was trained for other classes than this run's data")
-        cfg = parent.config
+        # the parent's architecture; a new input size (--input-size) still applies: the network is convolutional
+        cfg = replace(parent.config, **{k: v for k, v in s.overrides.items() if k in ("input_height", "input_width")})
+        model.cfg = cfg
         model = model.float().to(device)
     else:
         model, parent = build_model(cfg).to(device), None
@@ -614,7 +616,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="NCHW activations instead of channels-last (NHWC, the faster default)")
     p.add_argument("--init", default="", help="initialise from a model .safetensors (continue training a model)")
-    p.add_argument("--input-size", default=None, help="HxW network input, overriding the preset (multiples of 32)")
+    p.add_argument("--input-size", default=None, help="HxW network input, overriding the preset's or the --init model's (multiples of 32)")
     p.add_argument("--semantic-class-weight", dest="semantic_class_weights", type=parse_class_weight,
                    action="append", default=[], metavar="CLASS=WEIGHT",
                    help="weight of one class's pixels in the semantic loss (repeatable; others weigh 1), "
