@@ -616,7 +616,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="NCHW activations instead of channels-last (NHWC, the faster default)")
     p.add_argument("--init", default="", help="initialise from a model .safetensors (continue training a model)")
-    p.add_argument("--input-size", default=None, help="HxW network input, overriding the preset's or the --init model's (multiples of 32)")
+    p.add_argument("--input-size", default=None,
+                   help="HxW network input, overriding the preset's or the --init model's (multiples of 32)")
     p.add_argument("--semantic-class-weight", dest="semantic_class_weights", type=parse_class_weight,
                    action="append", default=[], metavar="CLASS=WEIGHT",
                    help="weight of one class's pixels in the semantic loss (repeatable; others weigh 1), "
