@@ -315,6 +315,20 @@ def test_semantic_class_weights_are_checked_against_the_class_table():
             parse_class_weight(bad)
 
 
+def test_train_command_refuses_bad_settings_with_a_reason(tmp_path, capsys):
+    """A misspelt class weight or a missing --init file ends `panoptic-ros train` with exit 2 and the reason,
+    before any training work."""
+    from panoptic_ros.cli import main
+
+    out = str(tmp_path / "run")
+    assert main(["train", "--out", out, "--no-eval", "--semantic-class-weight", "trafic light=2"]) == 2
+    assert "unknown classes ['trafic light']" in capsys.readouterr().err
+    assert main(["train", "--out", out, "--no-eval", "--init", str(tmp_path / "missing.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("panoptic-ros train: error:") and "missing.safetensors" in err
+    assert not (tmp_path / "run" / "train_state").exists()
+
+
 def test_data_workers_give_the_same_step_keyed_samples_as_one_process(tmp_path):
     """With --data-workers the data of step i depends only on (seed, i): rendered in worker processes it is
     what the training process would render itself, so neither the worker count nor a resume changes it."""

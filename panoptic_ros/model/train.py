@@ -31,6 +31,7 @@ import math
 import os
 import random
 import shlex
+import sys
 import time
 from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field, replace
@@ -319,6 +320,7 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
     if getattr(source, "classes", None) is not None:
         overrides["classes"] = source.classes  # train for the dataset's own class table
     cfg = PRESETS[s.preset](**overrides)
+    class_weights = semantic_class_weight_tensor(s.semantic_class_weights, cfg, device)  # checked before any work
     torch.manual_seed(s.seed)
     if s.init:
         from panoptic_ros.model.checkpoint import load_model
@@ -353,7 +355,6 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
         torch.set_rng_state(torch.tensor(st["torch_rng"], dtype=torch.uint8))
         print(f"resuming {out} at step {step}/{s.steps}")
     ema = WeightAverage(model, s.ema_decay, state_dir / "ema.safetensors") if s.ema_decay > 0 else None
-    class_weights = semantic_class_weight_tensor(s.semantic_class_weights, cfg, device)
     (out / "settings.json").write_text(json.dumps(asdict(s), indent=2))
     source = source or SyntheticPairs(cfg, s)
     use_amp = s.amp and device.type == "cuda"
@@ -646,5 +647,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_eval:
         from panoptic_ros.model.evaluation import evaluate_synthetic_for_card
         evaluate_fn = evaluate_synthetic_for_card
-    train(s, evaluate_fn=evaluate_fn)
+    try:
+        train(s, evaluate_fn=evaluate_fn)
+    except ValueError as exc:  # bad settings, or a refused --init file (CheckpointError): the reason, no traceback
+        print(f"panoptic-ros train: error: {exc}", file=sys.stderr)
+        return 2
     return 0
