@@ -18,18 +18,12 @@ import json
 
 import torch
 
-from panoptic_ros.metrics.pq import PQAccumulator
-from panoptic_ros.model.evaluation import synthetic_frames
+from panoptic_ros.model.evaluation import evaluate_frames, synthetic_frames
 from panoptic_ros.model.predictor import Predictor
 
 
 def score(predictor: Predictor, frames) -> dict:
-    acc = PQAccumulator(predictor.classes)
-    for f in frames:
-        r = predictor.predict([f.image])[0]
-        acc.add(f.semantic, f.instance, r.class_map, r.instance_map,
-                gt_crowd_ids=[o.track_id for o in f.objects if o.is_crowd])
-    res = acc.result()
+    res = evaluate_frames(predictor, frames, batch=1).pq
     return {"pq": res.all.pq, "pq_things": res.things.pq, "pq_stuff": res.stuff.pq, "frames": res.num_images}
 
 
