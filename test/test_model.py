@@ -257,6 +257,36 @@ def test_training_can_continue_from_a_model_file(tmp_path, tiny_model_file):
     assert card3["config"]["fpn_channels"] == TINY["fpn_channels"]
 
 
+def test_render_size_trains_on_frames_enlarged_as_the_predictor_enlarges_them(tmp_path):
+    """--render-size: synthetic frames rendered smaller than the network input are enlarged bilinearly (as the
+    predictor does), and the card's held-out PQ is measured on frames of that size; a dataset run refuses it."""
+    import random
+
+    import torch.nn.functional as F
+
+    from panoptic_ros.model.config import PRESETS
+    from panoptic_ros.model.evaluation import evaluate_synthetic_for_card
+    from panoptic_ros.model.train import SyntheticPairs, render_hw
+
+    s = TrainSettings(out=str(tmp_path / "run"), steps=1, warmup_steps=1, checkpoint_every=1, eval_sequences=1,
+                      eval_frames=1, render_size=[64, 128], overrides={**TINY, "input_height": 96, "input_width": 192})
+    cfg = PRESETS[s.preset](**s.overrides)
+    assert render_hw(s, cfg) == (64, 128) and render_hw(TrainSettings(out="x"), cfg) == (96, 192)
+    a, _ = SyntheticPairs(cfg, s).pair(3, random.Random(0))
+    assert a.image.shape == (64, 128, 3)
+    x = frame_to_sample(a, cfg.classes, size=(96, 192))
+    enlarged = F.interpolate(torch.from_numpy(a.image).permute(2, 0, 1)[None].float(), size=(96, 192),
+                             mode="bilinear", align_corners=False)[0]
+    assert x.image.shape == (3, 96, 192) and (x.image.float() - enlarged).abs().max() <= 1.0  # uint8 rounding
+    card = json.loads(train(s, progress=False, evaluate_fn=evaluate_synthetic_for_card)
+                      .with_suffix(".json").read_text())
+    assert card["metrics"]["held_out"]["size"] == [64, 128] and card["metrics"]["frames"] == 1
+    assert (card["config"]["input_height"], card["config"]["input_width"]) == (96, 192)
+    assert "--render-size 64x128" in card["training"]["command"]
+    with pytest.raises(ValueError, match="render-size"):
+        train(TrainSettings(out=str(tmp_path / "ds"), data=str(tmp_path), render_size=[64, 128]), progress=False)
+
+
 def test_the_cards_training_command_reproduces_the_settings():
     """The command written into a model card parses back into the same settings (flags and --input-size too)."""
     import argparse
@@ -269,7 +299,7 @@ def test_the_cards_training_command_reproduces_the_settings():
     for s in (TrainSettings(out="runs/x"),
               TrainSettings(out="runs/y", steps=10, lr=4e-4, amp=False, channels_last=False, init="m.safetensors",
                             data_workers=3, time_budget_s=90.0, overrides={"input_height": 128, "input_width": 256},
-                            semantic_class_weights={"traffic light": 2.5, "wall": 1.75})):
+                            semantic_class_weights={"traffic light": 2.5, "wall": 1.75}, render_size=[64, 128])):
         argv = shlex.split(" ".join(_settings_argv(s)))
         assert settings_from_args(parser.parse_args(["train", *argv])) == s
 

@@ -69,13 +69,14 @@ def synthetic_frames(seed_start: int, sequences: int, frames: int, height: int, 
 
 def evaluate_synthetic_for_card(path: Path, settings) -> dict:
     """The held-out evaluation written into a trained model's card (called by ``train``)."""
+    from panoptic_ros.model.train import render_hw
+
     predictor = Predictor.from_file(path, device=settings.device)
-    cfg = predictor.card.config
+    h, w = render_hw(settings, predictor.card.config)  # the frames are rendered as in training
     stride = settings.eval_frame_stride
     report = evaluate_frames(predictor, synthetic_frames(settings.eval_seed_start, settings.eval_sequences,
-                                                         settings.eval_frames, cfg.input_height, cfg.input_width,
-                                                         stride), progress=True)
+                                                         settings.eval_frames, h, w, stride), progress=True)
     return report.card_metrics({"source": "synthetic", "seeds": [settings.eval_seed_start,
                                                                  settings.eval_seed_start + settings.eval_sequences - 1],
                                 "frames_per_sequence": settings.eval_frames, "frame_stride": stride,
-                                "size": [cfg.input_height, cfg.input_width]})
+                                "size": [h, w]})

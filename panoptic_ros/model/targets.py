@@ -24,13 +24,16 @@ def frame_to_sample(frame: PanopticFrame, classes: ClassTable, min_area: int = 1
                     flip: bool = False, size: tuple[int, int] | None = None) -> TrainingSample:
     """Every thing instance with at least ``min_area`` visible pixels becomes a box/mask target.
 
-    ``size`` (H, W): resize to the network input first (area for the image,
-    nearest for the label maps), for datasets stored at another resolution.
+    ``size`` (H, W): resize to the network input first (nearest for the label
+    maps; for the image area averaging when shrinking, bilinear when enlarging,
+    as the predictor enlarges a smaller frame), for frames stored or rendered
+    at another resolution.
     """
     image, semantic, instance = frame.image, frame.semantic, frame.instance
     if size is not None and tuple(semantic.shape) != tuple(size):
         h, w = size
-        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        shrink = h <= semantic.shape[0] and w <= semantic.shape[1]
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         semantic = cv2.resize(semantic, (w, h), interpolation=cv2.INTER_NEAREST)
         instance = cv2.resize(instance, (w, h), interpolation=cv2.INTER_NEAREST)
     if flip:

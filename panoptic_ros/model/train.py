@@ -82,7 +82,16 @@ class TrainSettings:
     data_workers: int = 0  # processes rendering synthetic frames; > 0: step-keyed sampling (see the module doc)
     time_budget_s: float = 0.0  # > 0: the schedule runs over this much training time, which ends the run
     semantic_class_weights: dict = field(default_factory=dict)  # class name -> semantic loss weight (others 1)
+    render_size: list = field(default_factory=list)  # [H, W] synthetic frames are rendered at; [] = the input size
     overrides: dict = field(default_factory=dict)  # ModelConfig overrides
+
+
+def render_hw(s: TrainSettings, cfg: ModelConfig) -> tuple[int, int]:
+    """(H, W) of the synthetic frames: ``--render-size``, else the network input (the predictor resizes
+    frames of any other size to the input, and training does the same: ``frame_to_sample``)."""
+    if s.render_size:
+        return int(s.render_size[0]), int(s.render_size[1])
+    return cfg.input_height, cfg.input_width
 
 
 class PairSource(Protocol):
@@ -98,7 +107,8 @@ class SyntheticPairs:
         from panoptic_ros.synth import SynthConfig, SyntheticSequence
 
         self._sequence_cls = SyntheticSequence
-        self.synth_config = SynthConfig(height=cfg.input_height, width=cfg.input_width)
+        h, w = render_hw(settings, cfg)
+        self.synth_config = SynthConfig(height=h, width=w)
         self.s = settings
         self.cache_size = cache_size
         self._cache: OrderedDict[int, object] = OrderedDict()
@@ -314,6 +324,11 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
     if s.data_workers and (s.data != "synth" or source is not None):
         raise ValueError("--data-workers renders synthetic frames; a dataset directory is read in the training "
                          "process (leave --data-workers at 0)")
+    if s.render_size and (s.data != "synth" or source is not None):
+        raise ValueError("--render-size sets the size synthetic frames are rendered at; a dataset directory "
+                         "has its own (leave --render-size out)")
+    if s.render_size and (len(s.render_size) != 2 or min(s.render_size) < 16):
+        raise ValueError(f"--render-size must be HxW with both sides >= 16, got {s.render_size}")
     if source is None and s.data != "synth":
         source = DatasetPairs(s.data, s)
     overrides = dict(s.overrides)
@@ -529,6 +544,9 @@ def _settings_argv(s: TrainSettings) -> list[str]:
         elif k == "overrides":
             if "input_height" in v and "input_width" in v:
                 argv.append(f"--input-size {v['input_height']}x{v['input_width']}")
+        elif k == "render_size":
+            if v:
+                argv.append(f"--render-size {v[0]}x{v[1]}")
         elif k == "semantic_class_weights":
             argv += [f"--semantic-class-weight {shlex.quote(f'{name}={w:g}')}" for name, w in v.items()]
         elif isinstance(v, bool):
@@ -619,6 +637,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", default="", help="initialise from a model .safetensors (continue training a model)")
     p.add_argument("--input-size", default=None,
                    help="HxW network input, overriding the preset's or the --init model's (multiples of 32)")
+    p.add_argument("--render-size", default=None,
+                   help="HxW the synthetic frames are rendered at, if not the network input: e.g. a 320x640 "
+                        "network trained on 256x512 frames upsampled to it, as the predictor feeds it such frames")
     p.add_argument("--semantic-class-weight", dest="semantic_class_weights", type=parse_class_weight,
                    action="append", default=[], metavar="CLASS=WEIGHT",
                    help="weight of one class's pixels in the semantic loss (repeatable; others weigh 1), "
@@ -627,17 +648,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _parse_hw(flag: str, text: str) -> list[int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"{flag} must look like 256x512, got {text!r}")
+    return [h, w]
+
+
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     overrides = {}
     if args.input_size:
-        try:
-            h, w = (int(v) for v in args.input_size.lower().split("x"))
-        except ValueError:
-            raise SystemExit(f"--input-size must look like 256x512, got {args.input_size!r}")
+        h, w = _parse_hw("--input-size", args.input_size)
         overrides.update(input_height=h, input_width=w)
     fields = set(TrainSettings.__dataclass_fields__)
     kwargs = {k: v for k, v in vars(args).items() if k in fields}
     kwargs["semantic_class_weights"] = dict(kwargs.get("semantic_class_weights") or [])
+    kwargs["render_size"] = _parse_hw("--render-size", args.render_size) if args.render_size else []
     return TrainSettings(**kwargs, overrides=overrides)
 
 
