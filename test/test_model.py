@@ -499,7 +499,7 @@ def test_bench_train_times_the_real_training_loop(tmp_path, tiny_model_file):
     assert 0 < row["median_s"] <= row["p90_s"] * (1 + 1e-9)
 
 
-def test_train_vs_heldout_scores_the_frames_training_drew(tmp_path, tiny_model_file, capsys):
+def test_train_vs_heldout_scores_the_frames_training_drew(tmp_path, tiny_model_file, capsys, monkeypatch):
     """tools/train_vs_heldout.py scores frames 0, s, 2s.. of the training seeds' full-length worlds (the very
     frames training renders) next to the same sampling of held-out seeds."""
     import importlib.util
@@ -523,3 +523,9 @@ def test_train_vs_heldout_scores_the_frames_training_drew(tmp_path, tiny_model_f
     assert all(0.0 <= out[k]["pq"] <= 1.0 for k in out)
     with pytest.raises(SystemExit):
         tool.main(["--model", str(tiny_model_file[0]), "--frames", "3", "--frames-per-sequence", "80"])
+    # --size: frames rendered at another size than the network input (as `train --render-size` trains)
+    sizes, real = [], tool.synthetic_frames
+    monkeypatch.setattr(tool, "synthetic_frames", lambda *a: sizes.append(a[3:5]) or real(*a))
+    assert tool.main(["--model", str(tiny_model_file[0]), "--sequences", "1", "--frames", "1",
+                      "--frames-per-sequence", "4", "--size", "48x96", "--threads", "1"]) == 0
+    assert sizes == [(48, 96), (48, 96)]

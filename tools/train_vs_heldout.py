@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sequences", type=int, default=20)
     ap.add_argument("--frames", type=int, default=10, help="frames per sequence")
     ap.add_argument("--frames-per-sequence", type=int, default=80, help="train --frames-per-sequence")
+    ap.add_argument("--size", default=None,
+                    help="HxW the frames are rendered at (default: the model's training render size, as its card "
+                         "records it, else its input size)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.frames_per_sequence % args.frames:
@@ -42,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     predictor = Predictor.from_file(args.model, device="cpu")
-    h, w = predictor.input_size
+    if args.size:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+    else:
+        h, w = predictor.card.training.get("settings", {}).get("render_size") or predictor.input_size
     stride = args.frames_per_sequence // args.frames
     out = {name: score(predictor, synthetic_frames(seed, args.sequences, args.frames, h, w, stride))
            for name, seed in (("train", args.train_seed), ("heldout", args.heldout_seed))}
