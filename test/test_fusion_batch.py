@@ -95,7 +95,7 @@ def test_roi_heads_drop_what_fusion_drops_and_that_loses_nothing(street_frames):
 @pytest.mark.parametrize("out_hw", [(256, 512), (1024, 2048), (720, 1280), (1080, 1920), (300, 333), (100, 200),
                                     (129, 1000), (32, 64), (50, 200)])
 def test_nearest_grid_equals_interpolate_and_full_resolution_boxes_and_areas(out_hw):
-    """Id maps resized by index look-ups equal F.interpolate(nearest); boxes and areas derived from the small
+    """Id maps resized by index look-ups equal F.interpolate(nearest-exact: pixel centres aligned); boxes and areas derived from the small
     map (frames at least the network size) equal those counted on the resized map."""
     import torch.nn.functional as F
 
@@ -111,7 +111,7 @@ def test_nearest_grid_equals_interpolate_and_full_resolution_boxes_and_areas(out
     grid = NearestGrid((64, 128), out_hw, torch.device("cpu"))
     big = grid.resize(small)
     np.testing.assert_array_equal(big.numpy(), F.interpolate(small[None, None].float(), size=out_hw,
-                                                             mode="nearest")[0, 0].int().numpy())
+                                                             mode="nearest-exact")[0, 0].int().numpy())
     boxes, areas = grid.boxes_and_areas(small, big, n)
     want_areas = torch.bincount(big.flatten().long(), minlength=n + 1)[1:n + 1]
     np.testing.assert_array_equal(areas.numpy(), want_areas.numpy())

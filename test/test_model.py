@@ -278,6 +278,9 @@ def test_render_size_trains_on_frames_enlarged_as_the_predictor_enlarges_them(tm
     enlarged = F.interpolate(torch.from_numpy(a.image).permute(2, 0, 1)[None].float(), size=(96, 192),
                              mode="bilinear", align_corners=False)[0]
     assert x.image.shape == (3, 96, 192) and (x.image.float() - enlarged).abs().max() <= 1.0  # uint8 rounding
+    # labels enlarged centre-aligned (nearest-exact), so they stay on the image's content
+    labels = F.interpolate(torch.from_numpy(a.semantic)[None, None].float(), size=(96, 192), mode="nearest-exact")
+    assert torch.equal(x.semantic.long(), labels[0, 0].long())
     card = json.loads(train(s, progress=False, evaluate_fn=evaluate_synthetic_for_card)
                       .with_suffix(".json").read_text())
     assert card["metrics"]["held_out"]["size"] == [64, 128] and card["metrics"]["frames"] == 1

@@ -349,8 +349,11 @@ def flip_average_stuff(semantic_logits: torch.Tensor, batch: int, stuff_ids: tor
 class NearestGrid:
     """Nearest-neighbour resizing of id maps from the network's size to a frame's, as index look-ups.
 
-    The indices are PyTorch's own ``nearest`` rule (source = floor(destination x in / out), in float32),
-    so the maps equal ``F.interpolate(..., mode="nearest")``'s without the round trip through float.
+    The indices are PyTorch's ``nearest-exact`` rule (source = floor((destination + 0.5) x in / out), in
+    float32: pixel centres aligned), so the maps equal ``F.interpolate(..., mode="nearest-exact")``'s without
+    the round trip through float. (The legacy ``nearest`` rule, floor(destination x in / out), shifts
+    boundaries towards the top left by up to one source pixel at non-integer ratios, e.g. a 320x640 network
+    output resized to a 256x512 frame; at integer enlargements the two rules agree.)
     When the frame is at least as large as the network input (every source row and column is used),
     the boxes and areas of the resized instance map follow from the small map: each source pixel
     stands for a known block of frame pixels. Built once per pair of sizes, on the device.
@@ -394,7 +397,7 @@ class NearestGrid:
 def _nearest_index(n_in: int, n_out: int) -> torch.Tensor:
     if n_in == n_out:
         return torch.arange(n_out)
-    return (torch.arange(n_out, dtype=torch.float32) * (n_in / n_out)).floor().long().clamp(max=n_in - 1)
+    return ((torch.arange(n_out, dtype=torch.float32) + 0.5) * (n_in / n_out)).floor().long().clamp(max=n_in - 1)
 
 
 def masks_to_boxes(instance_map: torch.Tensor, k: int) -> torch.Tensor:

@@ -24,8 +24,8 @@ def frame_to_sample(frame: PanopticFrame, classes: ClassTable, min_area: int = 1
                     flip: bool = False, size: tuple[int, int] | None = None) -> TrainingSample:
     """Every thing instance with at least ``min_area`` visible pixels becomes a box/mask target.
 
-    ``size`` (H, W): resize to the network input first (nearest for the label
-    maps; for the image area averaging when shrinking, bilinear when enlarging,
+    ``size`` (H, W): resize to the network input first (centre-aligned nearest
+    for the label maps; for the image area averaging when shrinking, bilinear when enlarging,
     as the predictor enlarges a smaller frame), for frames stored or rendered
     at another resolution.
     """
@@ -34,8 +34,9 @@ def frame_to_sample(frame: PanopticFrame, classes: ClassTable, min_area: int = 1
         h, w = size
         shrink = h <= semantic.shape[0] and w <= semantic.shape[1]
         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        semantic = cv2.resize(semantic, (w, h), interpolation=cv2.INTER_NEAREST)
-        instance = cv2.resize(instance, (w, h), interpolation=cv2.INTER_NEAREST)
+        # Centre-aligned nearest (cv2's INTER_NEAREST picks floor(x * in / out): labels shifted against the image)
+        semantic = cv2.resize(semantic, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+        instance = cv2.resize(instance, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
     if flip:
         image, semantic, instance = image[:, ::-1], semantic[:, ::-1], instance[:, ::-1]
     h, w = semantic.shape
