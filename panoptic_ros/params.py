@@ -91,8 +91,9 @@ class ModelParams:
     min_stuff_area: int = param(64, "Stuff regions smaller than this many pixels become void (at network "
                                     "resolution)", minimum=0, maximum=1 << 20, dynamic=True, unit="px")
     test_time_flip: bool = param(False, "Test-time flip: the dense part also runs on each frame mirrored and the "
-                                        "stuff classes' semantic logits are averaged over both views (demo model: "
-                                        "held-out PQ +0.006-0.008; costs a second dense pass per frame)")
+                                        "stuff classes' semantic logits are averaged over both views (the previous, "
+                                        "256x512-input demo model: held-out PQ +0.006-0.008; costs a second dense "
+                                        "pass per frame)")
     max_detections: int = param(50, "Most instances kept per frame", minimum=1, maximum=1000)
     rpn_post_nms_top_n: int = param(200, "Proposals kept after the RPN's NMS at inference", minimum=10, maximum=5000)
 
