@@ -16,10 +16,11 @@ from panoptic_ros.pipeline import default_model_path
 def test_the_captured_function_gives_the_predictors_output():
     ref = Predictor.from_file(default_model_path(), device="cpu")
     p = Predictor(ref.model, ref.card, device="cpu", detection_mode="static", fusion_mode="batch", sparse_graph=True)
-    frames = [f.image for f in synthetic_frames(100_950, 2, 1, 256, 512)]
+    h, w = ref.input_size  # frames at the network's own size, so the dense part can be fed them directly
+    frames = [f.image for f in synthetic_frames(100_950, 2, 1, h, w)]
     x = p.model.normalize(torch.stack([torch.from_numpy(f).permute(2, 0, 1) for f in frames]))
     feats, sem = p.dense(x.contiguous(memory_format=torch.channels_last), p.dtype)
-    p._graph_sizes = [(512, 1024)] * 2  # results at twice the network size, as for larger camera frames
+    p._graph_sizes = [(2 * h, 2 * w)] * 2  # results at twice the network size, as for larger camera frames
     flat = p.sparse_graph((*feats, sem), key=("test",))
     assert len(flat) == 8 * len(frames) and p.sparse_graph.captured_graphs == 0  # CPU: eager, nothing captured
     got = p._to_host([flat[i * 8:(i + 1) * 8] for i in range(len(frames))])
