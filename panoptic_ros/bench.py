@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from panoptic_ros.argtypes import parse_sizes
 from panoptic_ros.params import TrackerParams
 from panoptic_ros.pipeline import CameraFrame, Pipeline, resolve_model_path
 
@@ -225,7 +226,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="", help="model .safetensors (default: the shipped demo model)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--sizes", default=None, help="comma-separated HxW (default: 1024x2048,512x1024 on CUDA, "
+    p.add_argument("--sizes", type=parse_sizes, default=None, metavar="HxW[,HxW...]", help="comma-separated HxW (default: 1024x2048,512x1024 on CUDA, "
                                                   "256x512 on CPU)")
     p.add_argument("--batches", default="1,6", help="comma-separated batch sizes (6 = a six-camera rig)")
     p.add_argument("--variants", default=None, help="comma-separated, from ours, ours-eager, ours-graphall, "
@@ -247,8 +248,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available() and args.device != "cpu"
-    sizes = args.sizes or ("1024x2048,512x1024" if cuda else "256x512")
-    sizes_hw = [tuple(int(v) for v in s.lower().split("x")) for s in sizes.split(",")]
+    sizes_hw = args.sizes or parse_sizes("1024x2048,512x1024" if cuda else "256x512")
     batches = [int(b) for b in args.batches.split(",")]
     cuda_default = ("ours,ours-eager,ours-graphall,ours-compile,ours-dynamic,ours-hostfusion,ours-serial,ours-fp32,"
                     "baseline")

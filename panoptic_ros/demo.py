@@ -150,7 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from panoptic_ros.model.checkpoint import CheckpointError
-    from panoptic_ros.synth.command import parse_size
+    from panoptic_ros.argtypes import parse_size
 
     try:
         size = parse_size(args.size)

@@ -307,6 +307,34 @@ def test_the_cards_training_command_reproduces_the_settings():
         assert settings_from_args(parser.parse_args(["train", *argv])) == s
 
 
+@pytest.mark.parametrize("flag,value,reason", [("--input-size", "320by640", "is not HEIGHTxWIDTH"),
+                                              ("--render-size", "256x", "is not HEIGHTxWIDTH"),
+                                              ("--input-size", "8x16", "outside 32..4096")])
+def test_train_refuses_a_malformed_size_with_the_reason(flag, value, reason, capsys):
+    """Sizes parse with the one shared HEIGHTxWIDTH type (panoptic_ros.argtypes): exit 2 and the reason."""
+    import argparse
+
+    from panoptic_ros.model.train import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["train", "--out", "runs/x", flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and reason in err
+
+
+def test_size_lists_parse_each_size():
+    import argparse
+
+    from panoptic_ros.argtypes import parse_sizes
+
+    assert parse_sizes("256x512, 1024X2048") == [(256, 512), (1024, 2048)]
+    with pytest.raises(argparse.ArgumentTypeError, match="is not HEIGHTxWIDTH"):
+        parse_sizes("256x512,512")
+
+
 def test_semantic_loss_class_weights_on_a_hand_made_case():
     """Per-class weights scale each pixel's cross-entropy by its true class's weight: the mean term becomes the
     weighted mean and the hard-pixel term picks the largest weighted losses; void pixels stay out."""

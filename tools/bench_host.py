@@ -30,10 +30,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from panoptic_ros.argtypes import parse_size  # noqa: E402
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="1024x2048")
+    ap.add_argument("--size", type=parse_size, default=(1024, 2048), metavar="HxW")
     ap.add_argument("--cameras", type=int, default=6)
     ap.add_argument("--frames", type=int, default=10, help="frames per camera")
     ap.add_argument("--repeats", type=int, default=3)
@@ -51,7 +53,7 @@ def main() -> int:
     from panoptic_ros.tracking.tracker import Tracker
 
     torch.set_num_threads(1)
-    h, w = (int(v) for v in args.size.lower().split("x"))
+    h, w = args.size
     predictor = Predictor.from_file(default_model_path(), device="cpu")
     cams = [f"cam{c}" for c in range(args.cameras)]
     frames, results = [], []

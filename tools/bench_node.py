@@ -74,9 +74,10 @@ def publish(args: argparse.Namespace) -> int:
     import rclpy
     from sensor_msgs.msg import CompressedImage, Image
 
+    from panoptic_ros.argtypes import parse_size
     from panoptic_ros.ros.qos import input_qos
 
-    h, w = (int(v) for v in args.size.split("x"))
+    h, w = parse_size(args.size)
     frames = make_frames(h, w)
     rclpy.init()
     node = rclpy.create_node("bench_publisher")

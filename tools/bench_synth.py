@@ -23,6 +23,7 @@ from dataclasses import dataclass  # noqa: E402
 
 import cv2  # noqa: E402
 
+from panoptic_ros.argtypes import parse_size  # noqa: E402
 from panoptic_ros.synth import SynthConfig, SyntheticSequence  # noqa: E402
 
 
@@ -35,16 +36,6 @@ class BenchResult:
     fps_wall_max: float
     build_s: float  # median world simulation time
     labels_only_ms: float  # median per-frame cost of the labels-only pass used by occlusion_events()
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like HEIGHTxWIDTH (e.g. 512x1024), got {text!r}") from None
-    if h < 16 or w < 16:
-        raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text!r}")
-    return h, w
 
 
 def bench(height: int, width: int, frames: int, repeats: int, seed: int, events: bool) -> BenchResult:
@@ -70,7 +61,7 @@ def bench(height: int, width: int, frames: int, repeats: int, seed: int, events:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=_parse_size, default=(512, 1024), help="HEIGHTxWIDTH (default 512x1024)")
+    p.add_argument("--size", type=parse_size, default=(512, 1024), help="HEIGHTxWIDTH (default 512x1024)")
     p.add_argument("--frames", type=int, default=200, help="frames per sequence (default 200)")
     p.add_argument("--repeats", type=int, default=5, help="sequences timed; the median is reported (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first sequence (default 0)")

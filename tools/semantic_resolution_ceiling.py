@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from panoptic_ros.argtypes import parse_size
 from panoptic_ros.classes import CITYSCAPES, VOID
 from panoptic_ros.metrics.pq import PQAccumulator
 from panoptic_ros.model.evaluation import synthetic_frames
@@ -44,12 +45,12 @@ def ceiling(frames, stride: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--strides", default="1,2,4")
-    ap.add_argument("--size", default="256x512")
+    ap.add_argument("--size", type=parse_size, default=(256, 512), metavar="HxW")
     ap.add_argument("--seed", type=int, default=100_000, help="first held-out seed (as train's evaluation)")
     ap.add_argument("--sequences", type=int, default=4)
     ap.add_argument("--frames", type=int, default=10)
     args = ap.parse_args()
-    h, w = (int(v) for v in args.size.split("x"))
+    h, w = args.size
     frames = list(synthetic_frames(args.seed, args.sequences, args.frames, h, w, 5))
     thin = ("pole", "traffic light", "traffic sign", "fence", "wall", "terrain")
     print("| stride | PQ | PQ stuff | " + " | ".join(thin) + " |")

@@ -18,6 +18,7 @@ import json
 
 import torch
 
+from panoptic_ros.argtypes import parse_size
 from panoptic_ros.model.evaluation import evaluate_frames, synthetic_frames
 from panoptic_ros.model.predictor import Predictor
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sequences", type=int, default=20)
     ap.add_argument("--frames", type=int, default=10, help="frames per sequence")
     ap.add_argument("--frames-per-sequence", type=int, default=80, help="train --frames-per-sequence")
-    ap.add_argument("--size", default=None,
+    ap.add_argument("--size", type=parse_size, default=None, metavar="HxW",
                     help="HxW the frames are rendered at (default: the model's training render size, as its card "
                          "records it, else its input size)")
     ap.add_argument("--threads", type=int, default=0)
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     predictor = Predictor.from_file(args.model, device="cpu")
     if args.size:
-        h, w = (int(v) for v in args.size.lower().split("x"))
+        h, w = args.size
     else:
         h, w = predictor.card.training.get("settings", {}).get("render_size") or predictor.input_size
     stride = args.frames_per_sequence // args.frames

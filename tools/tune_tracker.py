@@ -32,6 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from panoptic_ros.argtypes import parse_size  # noqa: E402
 from panoptic_ros.metrics.mot import (EventSwitchResult, OcclusionEvent,  # noqa: E402
                                       combine_tracking_results, evaluate_tracking, id_switches_in_events)
 from panoptic_ros.panoptic import PanopticResult  # noqa: E402
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     from panoptic_ros.params import ModelParams
     from panoptic_ros.pipeline import load_predictor, resolve_model_path
 
-    h, w = (int(v) for v in args.size.split("x"))
+    h, w = parse_size(args.size)
     model_path = resolve_model_path(args.model)
     sha = file_sha256(model_path)[:12]
     cache = args.out / "cache" / f"{sha}_{h}x{w}_{args.frames}"

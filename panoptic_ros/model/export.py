@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from panoptic_ros.argtypes import parse_size
 from panoptic_ros.model.checkpoint import load_model
 from panoptic_ros.model.efficientps import EfficientPS
 
@@ -80,7 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="", help="model .safetensors (default: the shipped demo model)")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
     p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--size", default=None, help="HxW input size (default: the model card's)")
+    p.add_argument("--size", type=parse_size, default=None, metavar="HxW",
+                   help="HxW input size (default: the model card's)")
     p.add_argument("--opset", type=int, default=17)
     p.set_defaults(func=run)
 
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     model, card = load_model(resolve_model_path(args.model))
     h, w = card.config.input_height, card.config.input_width
     if args.size:
-        h, w = (int(v) for v in args.size.lower().split("x"))
+        h, w = args.size
     out = export_onnx(model.float(), Path(args.out), h, w, args.opset)
     report = check_parity(model, out, h, w)
     Path(args.out).with_suffix(".parity.json").write_text(json.dumps(

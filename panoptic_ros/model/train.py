@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from panoptic_ros.argtypes import parse_size
 from panoptic_ros.datasets.types import PanopticFrame
 from panoptic_ros.model.checkpoint import (CheckpointError, ModelCard, check_safetensors_file, load_training_state,
                                            save_model, save_training_state)
@@ -635,9 +636,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="NCHW activations instead of channels-last (NHWC, the faster default)")
     p.add_argument("--init", default="", help="initialise from a model .safetensors (continue training a model)")
-    p.add_argument("--input-size", default=None,
+    p.add_argument("--input-size", type=parse_size, default=None, metavar="HxW",
                    help="HxW network input, overriding the preset's or the --init model's (multiples of 32)")
-    p.add_argument("--render-size", default=None,
+    p.add_argument("--render-size", type=parse_size, default=None, metavar="HxW",
                    help="HxW the synthetic frames are rendered at, if not the network input: e.g. a 320x640 "
                         "network trained on 256x512 frames upsampled to it, as the predictor feeds it such frames")
     p.add_argument("--semantic-class-weight", dest="semantic_class_weights", type=parse_class_weight,
@@ -648,23 +649,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _parse_hw(flag: str, text: str) -> list[int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"{flag} must look like 256x512, got {text!r}")
-    return [h, w]
-
-
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     overrides = {}
     if args.input_size:
-        h, w = _parse_hw("--input-size", args.input_size)
+        h, w = args.input_size
         overrides.update(input_height=h, input_width=w)
     fields = set(TrainSettings.__dataclass_fields__)
     kwargs = {k: v for k, v in vars(args).items() if k in fields}
     kwargs["semantic_class_weights"] = dict(kwargs.get("semantic_class_weights") or [])
-    kwargs["render_size"] = _parse_hw("--render-size", args.render_size) if args.render_size else []
+    kwargs["render_size"] = list(args.render_size) if args.render_size else []
     return TrainSettings(**kwargs, overrides=overrides)
 
 

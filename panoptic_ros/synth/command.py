@@ -16,21 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from panoptic_ros.argtypes import parse_size
+
 FORMATS = ("cityscapes", "coco", "video", "rosbag")
-MIN_SIZE_PX, MAX_SIZE_PX = 32, 4096
 CAMERA_NAME = "camera"
 CONTACT_SHEET_NAME = "contact_sheet.png"
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'256x512' -> (256, 512): height x width in pixels."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if m is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH in pixels, e.g. 256x512")
-    h, w = int(m[1]), int(m[2])
-    if not (MIN_SIZE_PX <= h <= MAX_SIZE_PX and MIN_SIZE_PX <= w <= MAX_SIZE_PX):
-        raise argparse.ArgumentTypeError(f"size {h}x{w} is outside {MIN_SIZE_PX}..{MAX_SIZE_PX} pixels per side")
-    return h, w
 
 
 def _positive_int(text: str) -> int:

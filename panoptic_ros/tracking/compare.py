@@ -821,7 +821,8 @@ def _event_frames(text: str) -> tuple[int, int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from panoptic_ros.synth.command import _positive_int, _seed, parse_size
+    from panoptic_ros.argtypes import parse_size
+    from panoptic_ros.synth.command import _positive_int, _seed
 
     p = subparsers.add_parser("track-compare", help="compare our tracker with ByteTrack, OC-SORT, ... on "
                                                     "occlusion-heavy synthetic sequences",
