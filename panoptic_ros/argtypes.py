@@ -20,4 +20,4 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     """'256x512,512x1024' -> [(256, 512), (512, 1024)]."""
-    return [parse_size(part) for part in text.split(",") if part.strip()] or [parse_size(text)]
+    return [parse_size(part) for part in text.split(",")]

@@ -226,8 +226,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="", help="model .safetensors (default: the shipped demo model)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--sizes", type=parse_sizes, default=None, metavar="HxW[,HxW...]", help="comma-separated HxW (default: 1024x2048,512x1024 on CUDA, "
-                                                  "256x512 on CPU)")
+    p.add_argument("--sizes", type=parse_sizes, default=None, metavar="HxW[,HxW...]",
+                   help="comma-separated HxW (default: 1024x2048,512x1024 on CUDA, 256x512 on CPU)")
     p.add_argument("--batches", default="1,6", help="comma-separated batch sizes (6 = a six-camera rig)")
     p.add_argument("--variants", default=None, help="comma-separated, from ours, ours-eager, ours-graphall, "
                                                      "ours-compile, ours-dynamic, ours-hostfusion, ours-serial, "
