@@ -95,8 +95,8 @@ def test_roi_heads_drop_what_fusion_drops_and_that_loses_nothing(street_frames):
 @pytest.mark.parametrize("out_hw", [(256, 512), (1024, 2048), (720, 1280), (1080, 1920), (300, 333), (100, 200),
                                     (129, 1000), (32, 64), (50, 200)])
 def test_nearest_grid_equals_interpolate_and_full_resolution_boxes_and_areas(out_hw):
-    """Id maps resized by index look-ups equal F.interpolate(nearest-exact: pixel centres aligned); boxes and areas derived from the small
-    map (frames at least the network size) equal those counted on the resized map."""
+    """Id maps resized by index look-ups equal F.interpolate(nearest-exact: pixel centres aligned); boxes and
+    areas derived from the small map (frames at least the network size) equal those counted on the resized map."""
     import torch.nn.functional as F
 
     from panoptic_ros.model.predictor import NearestGrid, masks_to_boxes
