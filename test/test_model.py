@@ -288,6 +288,8 @@ def test_render_size_trains_on_frames_enlarged_as_the_predictor_enlarges_them(tm
     assert "--render-size 64x128" in card["training"]["command"]
     with pytest.raises(ValueError, match="render-size"):
         train(TrainSettings(out=str(tmp_path / "ds"), data=str(tmp_path), render_size=[64, 128]), progress=False)
+    with pytest.raises(ValueError, match=r"render-size must be HxW with both sides in 32\.\.4096"):
+        train(TrainSettings(out=str(tmp_path / "small"), render_size=[16, 128]), progress=False)
 
 
 def test_the_cards_training_command_reproduces_the_settings():

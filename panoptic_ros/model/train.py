@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from panoptic_ros.argtypes import parse_size
+from panoptic_ros.argtypes import MAX_SIZE_PX, MIN_SIZE_PX, parse_size
 from panoptic_ros.datasets.types import PanopticFrame
 from panoptic_ros.model.checkpoint import (CheckpointError, ModelCard, check_safetensors_file, load_training_state,
                                            save_model, save_training_state)
@@ -328,8 +328,10 @@ def train(s: TrainSettings, source: PairSource | None = None, progress: bool = T
     if s.render_size and (s.data != "synth" or source is not None):
         raise ValueError("--render-size sets the size synthetic frames are rendered at; a dataset directory "
                          "has its own (leave --render-size out)")
-    if s.render_size and (len(s.render_size) != 2 or min(s.render_size) < 16):
-        raise ValueError(f"--render-size must be HxW with both sides >= 16, got {s.render_size}")
+    if s.render_size and (len(s.render_size) != 2
+                          or not all(MIN_SIZE_PX <= int(v) <= MAX_SIZE_PX for v in s.render_size)):
+        raise ValueError(f"--render-size must be HxW with both sides in {MIN_SIZE_PX}..{MAX_SIZE_PX}, "
+                         f"got {s.render_size}")
     if source is None and s.data != "synth":
         source = DatasetPairs(s.data, s)
     overrides = dict(s.overrides)
