@@ -76,6 +76,51 @@ def test_predictor_batch_fusion_equals_per_instance_fusion_on_the_shipped_model(
             np.testing.assert_array_equal(r.boxes_xyxy[i], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
 
 
+def test_each_frame_is_fused_on_its_own_grid_when_smaller_than_the_network_input(street_frames):
+    """A frame with no more pixels than the network input is fused on its own pixel grid (semantic logits
+    resized bilinearly, boxes scaled, the smallest stuff region scaled by the area ratio); a larger one on the
+    network's, its id maps enlarged. A batch of mixed sizes is fused in groups by grid, and every fusion mode
+    gives the per-instance fusion's result for each frame."""
+    import cv2
+    import torch.nn.functional as F
+
+    from panoptic_ros.model.fusion import panoptic_fusion
+    from panoptic_ros.model.predictor import Predictor
+    from panoptic_ros.pipeline import default_model_path
+
+    host = Predictor.from_file(default_model_path(), device="cpu", fusion_mode="per_instance")
+    batch = Predictor.from_file(default_model_path(), device="cpu", fusion_mode="batch")
+    static = Predictor.from_file(default_model_path(), device="cpu", detection_mode="static", fusion_mode="batch")
+    nh, nw = host.input_size
+    frame = street_frames[0]
+    assert frame.shape[0] * frame.shape[1] < nh * nw  # the shipped model enlarges 256x512 frames
+    large = cv2.resize(street_frames[1], (2 * nw, 2 * nh), interpolation=cv2.INTER_LINEAR)
+    odd = np.ascontiguousarray(street_frames[2][:200, :300])
+    assert host.fusion_grid(frame.shape[:2]) == frame.shape[:2] and host.fusion_grid(odd.shape[:2]) == (200, 300)
+    assert host.fusion_grid(large.shape[:2]) == (nh, nw)
+    mixed = [frame, large, odd, street_frames[1]]
+    want = host.predict(mixed)
+    assert [r.class_map.shape for r in want] == [f.shape[:2] for f in mixed]
+    _same(want, batch.predict(mixed))
+    _same(want, static.predict(mixed))
+
+    # The small frame's maps are fusion's own output on its grid, not an id map resized after the fact.
+    x = host.model.normalize(F.interpolate(torch.from_numpy(frame).permute(2, 0, 1)[None].float(), size=(nh, nw),
+                                           mode="bilinear", align_corners=False))
+    if host.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        p, logits = host.model.features(x)
+        det = host.model.predict_from_features(p, logits).detections[0]
+    h, w = frame.shape[:2]
+    out = panoptic_fusion(F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[0],
+                          det.boxes * torch.tensor([w / nw, h / nh, w / nw, h / nh]), host._thing_lut[det.labels - 1],
+                          det.scores, det.mask_logits, thing_ids=host._thing_lut, stuff_ids=host._stuff_lut,
+                          score_threshold=0.5, overlap_threshold=0.5, min_stuff_area=round(64 * h * w / (nh * nw)))
+    np.testing.assert_array_equal(want[0].class_map, out.class_map.numpy())
+    assert int(want[0].instance_map.max()) == len(out.keep) >= 3
+
+
 def test_roi_heads_drop_what_fusion_drops_and_that_loses_nothing(street_frames):
     from panoptic_ros.model.predictor import Predictor
     from panoptic_ros.pipeline import default_model_path

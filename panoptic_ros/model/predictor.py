@@ -3,8 +3,12 @@
 Everything else (the ROS node, replay, evaluation, the demo, benchmarks)
 calls :class:`Predictor`. It uploads the frames as uint8 (pinned memory on
 CUDA), resizes and normalises on the device, runs the network under
-autocast (fp16/bf16 on CUDA), fuses each image with EfficientPS's fusion at
-network resolution and upsamples the two id maps once to the frame's size.
+autocast (fp16/bf16 on CUDA) and fuses each image with EfficientPS's fusion.
+Fusion runs on the frame's pixel grid when the frame has no more pixels than
+the network input (the semantic logits resized bilinearly, the boxes scaled:
+a 320x640 network on 256x512 frames), else on the network's grid, the two id
+maps then enlarged once to the frame's size (so the work stays bounded by the
+network's size however large the camera's frames are).
 
 On CUDA everything after the RoI heads stays on the device until one
 synchronisation per batch: the batched fusion (:func:`panoptic_fusion_batch`,
@@ -218,14 +222,14 @@ class Predictor:
                 raw = self.model.predict_from_features(p, sem_logits)
         t2 = time.perf_counter()
         if self.static_detections and self.batch_fusion:
-            fused = self._fuse_static(sem_logits, static)
+            fused = self._fuse_static(sem_logits, static, sizes)
             dets = static.per_image()
         else:
             dets = static.compacted() if self.static_detections else raw.detections
             if self.batch_fusion:
-                fused = self._fuse_batch(sem_logits, dets)
+                fused = self._fuse_batch(sem_logits, dets, sizes)
             else:
-                fused = [self._fuse_one(sem_logits[i], det) for i, det in enumerate(dets)]
+                fused = [self._fuse_one(sem_logits[i], det, out_hw) for i, (det, out_hw) in enumerate(zip(dets, sizes))]
         results = self._collect(fused, dets, sizes)
         return self._timed(results, t0, t1, t2)
 
@@ -260,7 +264,8 @@ class Predictor:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32,
                             cache_enabled=False):
             static = self.static.detections(list(p), self.input_size)
-        groups = self._device_outputs(self._fuse_static(sem_logits, static), static.per_image(), self._graph_sizes)
+        groups = self._device_outputs(self._fuse_static(sem_logits, static, self._graph_sizes), static.per_image(),
+                                      self._graph_sizes)
         return tuple(t for g in groups for t in g)
 
     def _resize_grid(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> "NearestGrid":
@@ -272,32 +277,69 @@ class Predictor:
             grid = self._grids[key] = NearestGrid(in_hw, out_hw, self.device)
         return grid
 
-    def _fusion_kwargs(self) -> dict:
-        f = self.fusion
-        return dict(thing_ids=self._thing_lut, stuff_ids=self._stuff_lut, score_threshold=f.score_threshold,
-                    overlap_threshold=f.overlap_threshold, min_stuff_area=f.min_stuff_area)
+    def fusion_grid(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
+        """The pixel grid a frame of ``frame_hw`` is fused on: its own when it has no more pixels than the
+        network input, else the network input's (see the module's docstring)."""
+        h, w = self.input_size
+        return tuple(frame_hw) if frame_hw[0] * frame_hw[1] <= h * w else (h, w)
 
-    def _fuse_one(self, semantic_logits: torch.Tensor, det) -> _Fused:
-        out = panoptic_fusion(semantic_logits.float(), det.boxes.float(), self._thing_lut[det.labels - 1],
-                              det.scores.float(), det.mask_logits.float(), **self._fusion_kwargs())
+    def _on_grid(self, semantic_logits: torch.Tensor, boxes: torch.Tensor,
+                 grid_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(B, C, h, w) logits and (..., 4) boxes of the network's grid -> the same on ``grid_hw``, with the
+        fusion settings for it (``min_stuff_area`` counts network pixels, so it is scaled by the area ratio)."""
+        f = self.fusion
+        kwargs = dict(thing_ids=self._thing_lut, stuff_ids=self._stuff_lut, score_threshold=f.score_threshold,
+                      overlap_threshold=f.overlap_threshold, min_stuff_area=f.min_stuff_area)
+        ih, iw = semantic_logits.shape[-2:]
+        oh, ow = grid_hw
+        logits, boxes = semantic_logits.float(), boxes.float()
+        if (oh, ow) != (ih, iw):
+            logits = F.interpolate(logits, size=(oh, ow), mode="bilinear", align_corners=False)
+            boxes = boxes * boxes.new_tensor([ow / iw, oh / ih, ow / iw, oh / ih])
+            kwargs["min_stuff_area"] = int(round(f.min_stuff_area * oh * ow / (ih * iw)))
+        return logits, boxes, kwargs
+
+    def _fuse_one(self, semantic_logits: torch.Tensor, det, frame_hw: tuple[int, int]) -> _Fused:
+        logits, boxes, kwargs = self._on_grid(semantic_logits[None], det.boxes, self.fusion_grid(frame_hw))
+        out = panoptic_fusion(logits[0], boxes, self._thing_lut[det.labels - 1], det.scores.float(),
+                              det.mask_logits.float(), **kwargs)
         rank = torch.zeros(len(det.scores), dtype=torch.long, device=self.device)
         rank[out.keep] = torch.arange(1, len(out.keep) + 1, device=self.device)
         return _Fused(out.class_map, out.instance_map, rank)
 
-    def _fuse_static(self, semantic_logits: torch.Tensor, det: StaticDetections) -> list[_Fused]:
-        out = panoptic_fusion_batch(semantic_logits.float(), det.boxes, self._thing_lut[det.labels - 1], det.scores,
-                                    det.mask_logits, det.valid, **self._fusion_kwargs())
-        return [_Fused(out.class_map[i], out.instance_map[i], out.rank[i]) for i in range(len(det.boxes))]
+    def _by_grid(self, sizes: list[tuple[int, int]]) -> list[tuple[tuple[int, int], list[int]]]:
+        """The batch's images grouped by the grid they are fused on, in order of first appearance."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, hw in enumerate(sizes):
+            groups.setdefault(self.fusion_grid(hw), []).append(i)
+        return list(groups.items())
 
-    def _fuse_batch(self, semantic_logits: torch.Tensor, dets: list) -> list[_Fused]:
-        out = panoptic_fusion_batch(
-            semantic_logits.float(), pad_instances([d.boxes.float() for d in dets]),
-            pad_instances([self._thing_lut[d.labels - 1] for d in dets]),
-            pad_instances([d.scores.float() for d in dets]), pad_instances([d.mask_logits.float() for d in dets]),
-            pad_instances([torch.ones(len(d.scores), dtype=torch.bool, device=self.device) for d in dets], False),
-            **self._fusion_kwargs())
-        return [_Fused(out.class_map[i], out.instance_map[i], out.rank[i, :len(d.scores)])
-                for i, d in enumerate(dets)]
+    def _fuse_static(self, semantic_logits: torch.Tensor, det: StaticDetections,
+                     sizes: list[tuple[int, int]]) -> list[_Fused]:
+        fused: list[_Fused | None] = [None] * len(sizes)
+        for grid_hw, idx in self._by_grid(sizes):
+            logits, boxes, kwargs = self._on_grid(_rows(semantic_logits, idx), _rows(det.boxes, idx), grid_hw)
+            out = panoptic_fusion_batch(logits, boxes, self._thing_lut[_rows(det.labels, idx) - 1],
+                                        _rows(det.scores, idx), _rows(det.mask_logits, idx), _rows(det.valid, idx),
+                                        **kwargs)
+            for j, i in enumerate(idx):
+                fused[i] = _Fused(out.class_map[j], out.instance_map[j], out.rank[j])
+        return fused
+
+    def _fuse_batch(self, semantic_logits: torch.Tensor, dets: list, sizes: list[tuple[int, int]]) -> list[_Fused]:
+        fused: list[_Fused | None] = [None] * len(sizes)
+        for grid_hw, idx in self._by_grid(sizes):
+            group = [dets[i] for i in idx]
+            logits, boxes, kwargs = self._on_grid(_rows(semantic_logits, idx),
+                                                  pad_instances([d.boxes.float() for d in group]), grid_hw)
+            out = panoptic_fusion_batch(
+                logits, boxes, pad_instances([self._thing_lut[d.labels - 1] for d in group]),
+                pad_instances([d.scores.float() for d in group]), pad_instances([d.mask_logits.float() for d in group]),
+                pad_instances([torch.ones(len(d.scores), dtype=torch.bool, device=self.device) for d in group], False),
+                **kwargs)
+            for j, (i, d) in enumerate(zip(idx, group)):
+                fused[i] = _Fused(out.class_map[j], out.instance_map[j], out.rank[j, :len(d.scores)])
+        return fused
 
     def _collect(self, fused: list[_Fused], dets: list, sizes: list[tuple[int, int]]) -> list[PanopticResult]:
         """Upsample, box and count on the device, then copy everything to the host with one synchronisation."""
@@ -331,6 +373,14 @@ class Predictor:
                 boxes_xyxy=boxes.numpy()[:k], embeddings=embeddings.numpy()[order],
                 areas_px=areas.numpy()[:k].astype(np.int64)))
         return results
+
+
+def _rows(t: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    """``t[idx]`` along the batch dimension, as views and a concatenation (no index tensor is uploaded, so
+    this is safe inside a CUDA graph capture); ``t`` itself when ``idx`` is the whole batch."""
+    if idx == list(range(t.shape[0])):
+        return t
+    return torch.cat([t[i:i + 1] for i in idx])
 
 
 def flip_average_stuff(semantic_logits: torch.Tensor, batch: int, stuff_ids: torch.Tensor) -> torch.Tensor:
