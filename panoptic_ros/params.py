@@ -88,8 +88,9 @@ class ModelParams:
     overlap_threshold: float = param(0.5, "Fusion drops an instance whose mask keeps less than this fraction of "
                                           "its pixels after overlaps are resolved", minimum=0.0, maximum=1.0,
                                      dynamic=True)
-    min_stuff_area: int = param(64, "Stuff regions smaller than this many pixels become void (at network "
-                                    "resolution)", minimum=0, maximum=1 << 20, dynamic=True, unit="px")
+    min_stuff_area: int = param(64, "Stuff regions smaller than this many pixels become void (pixels of the "
+                                    "network input; scaled by the area ratio when a smaller frame is fused on its "
+                                    "own grid)", minimum=0, maximum=1 << 20, dynamic=True, unit="px")
     test_time_flip: bool = param(False, "Test-time flip: the dense part also runs on each frame mirrored and the "
                                         "stuff classes' semantic logits are averaged over both views (the previous, "
                                         "256x512-input demo model: held-out PQ +0.006-0.008; costs a second dense "

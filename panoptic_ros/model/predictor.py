@@ -69,7 +69,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
 
 @dataclass
 class _Fused:
-    class_map: torch.Tensor  # uint8 (H, W) at network resolution
+    class_map: torch.Tensor  # uint8 (H, W) on the fusion grid (Predictor.fusion_grid)
     instance_map: torch.Tensor  # int32 (H, W): output ids 1..k
     rank: torch.Tensor  # int64 (N,): output id of each detection, 0 if it did not survive (on the device)
 
