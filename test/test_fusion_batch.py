@@ -85,7 +85,7 @@ def test_each_frame_is_fused_on_its_own_grid_when_smaller_than_the_network_input
     import torch.nn.functional as F
 
     from panoptic_ros.model.fusion import panoptic_fusion
-    from panoptic_ros.model.predictor import Predictor
+    from panoptic_ros.model.predictor import Predictor, grid_min_stuff_area
     from panoptic_ros.pipeline import default_model_path
 
     host = Predictor.from_file(default_model_path(), device="cpu", fusion_mode="per_instance")
@@ -119,6 +119,13 @@ def test_each_frame_is_fused_on_its_own_grid_when_smaller_than_the_network_input
                           score_threshold=0.5, overlap_threshold=0.5, min_stuff_area=round(64 * h * w / (nh * nw)))
     np.testing.assert_array_equal(want[0].class_map, out.class_map.numpy())
     assert int(want[0].instance_map.max()) == len(out.keep) >= 3
+    # What tools that re-run only the fusion get (tools/tune_fusion.py): the same inputs on the same grid.
+    grid_logits, grid_det, area_scale = host.fusion_inputs(frame)
+    assert area_scale == h * w / (nh * nw) and grid_min_stuff_area(64, area_scale) == 41
+    again = panoptic_fusion(grid_logits, grid_det.boxes, host._thing_lut[grid_det.labels - 1], grid_det.scores,
+                            grid_det.mask_logits, thing_ids=host._thing_lut, stuff_ids=host._stuff_lut,
+                            min_stuff_area=grid_min_stuff_area(64, area_scale))
+    np.testing.assert_array_equal(again.class_map.numpy(), want[0].class_map)
 
 
 def test_roi_heads_drop_what_fusion_drops_and_that_loses_nothing(street_frames):

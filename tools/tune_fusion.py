@@ -9,8 +9,12 @@ threshold of the grid); every combination of ``--score``, ``--overlap`` and
 combination with the best PQ on the *validation* seeds (``--val-seed``, a range
 that neither training (0..4999) nor the held-out set (100000..) uses) is then
 scored on the held-out seeds next to the current defaults, so the held-out
-figure is not the one the choice was made on. Writes ``tune_fusion.json`` and
-``tune_fusion.md`` (the grid, best first, and the held-out comparison).
+figure is not the one the choice was made on. Frames are rendered at ``--size``
+(default: the size the model card's held-out PQ was measured at, e.g. 256x512
+for the shipped 320x640 network) and go through the predictor as in the node:
+enlarged to the network input, fused on their own pixel grid
+(``Predictor.fusion_inputs``). Writes ``tune_fusion.json`` and ``tune_fusion.md``
+(the grid, best first, and the held-out comparison).
 """
 from __future__ import annotations
 
@@ -24,38 +28,38 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from panoptic_ros.argtypes import parse_size  # noqa: E402
+
 
 def floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
 
 
 def cached_outputs(predictor, frames, min_score: float) -> list:
-    """(frame, semantic logits, detections) per frame, detections down to ``min_score``."""
-    import torch
-
+    """(frame, semantic logits, detections, fusion-grid pixels per network pixel) per frame, on the frame's
+    fusion grid, detections down to ``min_score``."""
     from tqdm import tqdm
 
-    heads = predictor.model.instance_head.roi_heads
+    predictor.with_fusion(score_threshold=min_score)  # the RoI heads then keep everything the grid may keep
     out = []
     for f in tqdm(frames, desc="network", unit="frame"):
-        heads.score_thresh = min(heads.score_thresh, min_score * 0.999)
-        x = predictor.model.normalize(torch.from_numpy(f.image).permute(2, 0, 1)[None].to(predictor.device))
-        with torch.no_grad():
-            raw = predictor.model.predict_normalized(x)
-        out.append((f, raw.semantic_logits[0].half(), raw.detections[0]))
+        logits, det, area_scale = predictor.fusion_inputs(f.image)
+        out.append((f, logits.half(), det, area_scale))
     return out
 
 
 def score(predictor, cached: list, score_t: float, overlap_t: float, min_area: int) -> dict:
     from panoptic_ros.metrics.pq import PQAccumulator
     from panoptic_ros.model.fusion import panoptic_fusion
+    from panoptic_ros.model.predictor import grid_min_stuff_area
 
     acc = PQAccumulator(predictor.classes)
     lut = predictor._thing_lut
-    for f, logits, det in cached:
+    for f, logits, det, area_scale in cached:
         fused = panoptic_fusion(logits.float(), det.boxes, lut[det.labels - 1], det.scores, det.mask_logits,
                                 thing_ids=predictor._thing_ids, stuff_ids=predictor._stuff_ids,
-                                score_threshold=score_t, overlap_threshold=overlap_t, min_stuff_area=min_area)
+                                score_threshold=score_t, overlap_threshold=overlap_t,
+                                min_stuff_area=grid_min_stuff_area(min_area, area_scale))
         acc.add(f.semantic, f.instance, fused.class_map.numpy(), fused.instance_map.numpy(),
                 gt_crowd_ids=[o.track_id for o in f.objects if o.is_crowd])
     r = acc.result()
@@ -74,6 +78,8 @@ def main() -> int:
     ap.add_argument("--score", type=floats, default=floats("0.3,0.4,0.5,0.6,0.7"))
     ap.add_argument("--overlap", type=floats, default=floats("0.3,0.5,0.7"))
     ap.add_argument("--min-stuff-area", type=floats, default=floats("0,32,64,128,256,512"))
+    ap.add_argument("--size", type=parse_size, default=None,
+                    help="HxW frames are rendered at (default: the model card's held-out size, else its input)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     import torch
@@ -86,7 +92,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     t0 = time.time()
     predictor = Predictor.from_file(resolve_model_path(args.model), device="cpu")
-    h, w = predictor.input_size
+    h, w = args.size or predictor.card.metrics.get("held_out", {}).get("size") or predictor.input_size
     lowest = min(args.score)
     val = cached_outputs(predictor, list(synthetic_frames(args.val_seed, args.sequences, args.frames, h, w, 5)),
                          lowest)
@@ -106,6 +112,7 @@ def main() -> int:
     report = {"model": str(resolve_model_path(args.model)), "validation_seeds": [args.val_seed,
                                                                                   args.val_seed + args.sequences - 1],
               "heldout_seeds": [args.heldout_seed, args.heldout_seed + args.sequences - 1], "frames": n,
+              "size": [h, w],
               "grid": grid, "heldout_default": default, "heldout_chosen": chosen, "seconds": time.time() - t0,
               "command": "python tools/tune_fusion.py " + " ".join(sys.argv[1:])}
     args.out.mkdir(parents=True, exist_ok=True)

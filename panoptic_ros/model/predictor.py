@@ -35,6 +35,7 @@ from panoptic_ros.model.dense import DenseRunner
 from panoptic_ros.model.efficientps import EfficientPS
 from panoptic_ros.model.fusion import pad_instances, panoptic_fusion, panoptic_fusion_batch
 from panoptic_ros.model.graphs import GraphedFunction
+from panoptic_ros.model.instance_head import Detections
 from panoptic_ros.model.static_heads import StaticDetections, StaticInstanceInference
 from panoptic_ros.panoptic import PanopticResult
 
@@ -193,18 +194,7 @@ class Predictor:
             return []
         t0 = time.perf_counter()
         h, w = self.input_size
-        batch = []
-        for f in frames:
-            t = torch.from_numpy(np.ascontiguousarray(f))
-            if self.device.type == "cuda":
-                t = t.pin_memory().to(self.device, non_blocking=True)
-            t = t.permute(2, 0, 1)[None].float()
-            if t.shape[-2:] != (h, w):
-                t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
-            batch.append(t)
-        x = self.model.normalize(torch.cat(batch))
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self._network_input(frames)
         t1 = time.perf_counter()
         p, sem_logits = self.dense_outputs(x)
         sizes = [tuple(f.shape[:2]) for f in frames]
@@ -232,6 +222,34 @@ class Predictor:
                 fused = [self._fuse_one(sem_logits[i], det, out_hw) for i, (det, out_hw) in enumerate(zip(dets, sizes))]
         results = self._collect(fused, dets, sizes)
         return self._timed(results, t0, t1, t2)
+
+    def _network_input(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        """HxWx3 uint8 frames -> the normalised (B, 3, h, w) network input on the device (uploaded as uint8,
+        pinned on CUDA, resized bilinearly to the input size)."""
+        h, w = self.input_size
+        batch = []
+        for f in frames:
+            t = torch.from_numpy(np.ascontiguousarray(f))
+            if self.device.type == "cuda":
+                t = t.pin_memory().to(self.device, non_blocking=True)
+            t = t.permute(2, 0, 1)[None].float()
+            if t.shape[-2:] != (h, w):
+                t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
+            batch.append(t)
+        x = self.model.normalize(torch.cat(batch))
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def fusion_inputs(self, frame: np.ndarray) -> tuple[torch.Tensor, Detections, float]:
+        """One frame's network outputs as fusion receives them, for tools that re-run only the fusion
+        (``tools/tune_fusion.py``): the semantic logits (C, H, W) and the detections, boxes included, on the
+        frame's fusion grid, and that grid's pixels per network-input pixel (``min_stuff_area`` counts the
+        latter: :func:`grid_min_stuff_area`). Detections as the dynamic (CPU) heads give them."""
+        with torch.no_grad():
+            p, sem = self.dense_outputs(self._network_input([frame]))
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                det = self.model.predict_from_features(p, sem).detections[0]
+        logits, boxes, area_scale = self._on_grid(sem, det.boxes, self.fusion_grid(frame.shape[:2]))
+        return logits[0], replace(det, boxes=boxes), area_scale
 
     def dense_outputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Normalised (B, 3, H, W) images -> (FPN maps, semantic logits), with the test-time flip if it is on.
@@ -283,26 +301,29 @@ class Predictor:
         h, w = self.input_size
         return tuple(frame_hw) if frame_hw[0] * frame_hw[1] <= h * w else (h, w)
 
-    def _on_grid(self, semantic_logits: torch.Tensor, boxes: torch.Tensor,
-                 grid_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(B, C, h, w) logits and (..., 4) boxes of the network's grid -> the same on ``grid_hw``, with the
-        fusion settings for it (``min_stuff_area`` counts network pixels, so it is scaled by the area ratio)."""
-        f = self.fusion
-        kwargs = dict(thing_ids=self._thing_lut, stuff_ids=self._stuff_lut, score_threshold=f.score_threshold,
-                      overlap_threshold=f.overlap_threshold, min_stuff_area=f.min_stuff_area)
+    @staticmethod
+    def _on_grid(semantic_logits: torch.Tensor, boxes: torch.Tensor,
+                 grid_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(B, C, h, w) logits and (..., 4) boxes of the network's grid -> the same on ``grid_hw``, and the
+        grid's pixels per network pixel."""
         ih, iw = semantic_logits.shape[-2:]
         oh, ow = grid_hw
         logits, boxes = semantic_logits.float(), boxes.float()
-        if (oh, ow) != (ih, iw):
-            logits = F.interpolate(logits, size=(oh, ow), mode="bilinear", align_corners=False)
-            boxes = boxes * boxes.new_tensor([ow / iw, oh / ih, ow / iw, oh / ih])
-            kwargs["min_stuff_area"] = int(round(f.min_stuff_area * oh * ow / (ih * iw)))
-        return logits, boxes, kwargs
+        if (oh, ow) == (ih, iw):
+            return logits, boxes, 1.0
+        logits = F.interpolate(logits, size=(oh, ow), mode="bilinear", align_corners=False)
+        return logits, boxes * boxes.new_tensor([ow / iw, oh / ih, ow / iw, oh / ih]), oh * ow / (ih * iw)
+
+    def _fusion_kwargs(self, area_scale: float) -> dict:
+        f = self.fusion
+        return dict(thing_ids=self._thing_lut, stuff_ids=self._stuff_lut, score_threshold=f.score_threshold,
+                    overlap_threshold=f.overlap_threshold,
+                    min_stuff_area=grid_min_stuff_area(f.min_stuff_area, area_scale))
 
     def _fuse_one(self, semantic_logits: torch.Tensor, det, frame_hw: tuple[int, int]) -> _Fused:
-        logits, boxes, kwargs = self._on_grid(semantic_logits[None], det.boxes, self.fusion_grid(frame_hw))
+        logits, boxes, area_scale = self._on_grid(semantic_logits[None], det.boxes, self.fusion_grid(frame_hw))
         out = panoptic_fusion(logits[0], boxes, self._thing_lut[det.labels - 1], det.scores.float(),
-                              det.mask_logits.float(), **kwargs)
+                              det.mask_logits.float(), **self._fusion_kwargs(area_scale))
         rank = torch.zeros(len(det.scores), dtype=torch.long, device=self.device)
         rank[out.keep] = torch.arange(1, len(out.keep) + 1, device=self.device)
         return _Fused(out.class_map, out.instance_map, rank)
@@ -318,10 +339,10 @@ class Predictor:
                      sizes: list[tuple[int, int]]) -> list[_Fused]:
         fused: list[_Fused | None] = [None] * len(sizes)
         for grid_hw, idx in self._by_grid(sizes):
-            logits, boxes, kwargs = self._on_grid(_rows(semantic_logits, idx), _rows(det.boxes, idx), grid_hw)
+            logits, boxes, area_scale = self._on_grid(_rows(semantic_logits, idx), _rows(det.boxes, idx), grid_hw)
             out = panoptic_fusion_batch(logits, boxes, self._thing_lut[_rows(det.labels, idx) - 1],
                                         _rows(det.scores, idx), _rows(det.mask_logits, idx), _rows(det.valid, idx),
-                                        **kwargs)
+                                        **self._fusion_kwargs(area_scale))
             for j, i in enumerate(idx):
                 fused[i] = _Fused(out.class_map[j], out.instance_map[j], out.rank[j])
         return fused
@@ -330,13 +351,13 @@ class Predictor:
         fused: list[_Fused | None] = [None] * len(sizes)
         for grid_hw, idx in self._by_grid(sizes):
             group = [dets[i] for i in idx]
-            logits, boxes, kwargs = self._on_grid(_rows(semantic_logits, idx),
-                                                  pad_instances([d.boxes.float() for d in group]), grid_hw)
+            logits, boxes, area_scale = self._on_grid(_rows(semantic_logits, idx),
+                                                      pad_instances([d.boxes.float() for d in group]), grid_hw)
             out = panoptic_fusion_batch(
                 logits, boxes, pad_instances([self._thing_lut[d.labels - 1] for d in group]),
                 pad_instances([d.scores.float() for d in group]), pad_instances([d.mask_logits.float() for d in group]),
                 pad_instances([torch.ones(len(d.scores), dtype=torch.bool, device=self.device) for d in group], False),
-                **kwargs)
+                **self._fusion_kwargs(area_scale))
             for j, (i, d) in enumerate(zip(idx, group)):
                 fused[i] = _Fused(out.class_map[j], out.instance_map[j], out.rank[j, :len(d.scores)])
         return fused
@@ -373,6 +394,12 @@ class Predictor:
                 boxes_xyxy=boxes.numpy()[:k], embeddings=embeddings.numpy()[order],
                 areas_px=areas.numpy()[:k].astype(np.int64)))
         return results
+
+
+def grid_min_stuff_area(min_stuff_area: int, area_scale: float) -> int:
+    """``min_stuff_area`` (network-input pixels) in pixels of a fusion grid with ``area_scale`` of them per
+    network-input pixel."""
+    return int(round(min_stuff_area * area_scale))
 
 
 def _rows(t: torch.Tensor, idx: list[int]) -> torch.Tensor:
