@@ -219,7 +219,8 @@ class Predictor:
             if self.batch_fusion:
                 fused = self._fuse_batch(sem_logits, dets, sizes)
             else:
-                fused = [self._fuse_one(sem_logits[i], det, out_hw) for i, (det, out_hw) in enumerate(zip(dets, sizes))]
+                fused = [self._fuse_one(sem_logits[i:i + 1], det, out_hw)
+                         for i, (det, out_hw) in enumerate(zip(dets, sizes))]
         results = self._collect(fused, dets, sizes)
         return self._timed(results, t0, t1, t2)
 
@@ -321,7 +322,9 @@ class Predictor:
                     min_stuff_area=grid_min_stuff_area(f.min_stuff_area, area_scale))
 
     def _fuse_one(self, semantic_logits: torch.Tensor, det, frame_hw: tuple[int, int]) -> _Fused:
-        logits, boxes, area_scale = self._on_grid(semantic_logits[None], det.boxes, self.fusion_grid(frame_hw))
+        """One image: ``semantic_logits`` (1, C, h, w), a slice of the batch (so it keeps the batch's channels-last
+        layout, which the per-instance crops read fastest; an unsqueezed (C, h, w) would not)."""
+        logits, boxes, area_scale = self._on_grid(semantic_logits, det.boxes, self.fusion_grid(frame_hw))
         out = panoptic_fusion(logits[0], boxes, self._thing_lut[det.labels - 1], det.scores.float(),
                               det.mask_logits.float(), **self._fusion_kwargs(area_scale))
         rank = torch.zeros(len(det.scores), dtype=torch.long, device=self.device)
