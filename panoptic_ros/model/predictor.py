@@ -340,29 +340,30 @@ class Predictor:
 
     def _fuse_static(self, semantic_logits: torch.Tensor, det: StaticDetections,
                      sizes: list[tuple[int, int]]) -> list[_Fused]:
-        fused: list[_Fused | None] = [None] * len(sizes)
-        for grid_hw, idx in self._by_grid(sizes):
-            logits, boxes, area_scale = self._on_grid(_rows(semantic_logits, idx), _rows(det.boxes, idx), grid_hw)
-            out = panoptic_fusion_batch(logits, boxes, self._thing_lut[_rows(det.labels, idx) - 1],
-                                        _rows(det.scores, idx), _rows(det.mask_logits, idx), _rows(det.valid, idx),
-                                        **self._fusion_kwargs(area_scale))
-            for j, i in enumerate(idx):
-                fused[i] = _Fused(out.class_map[j], out.instance_map[j], out.rank[j])
-        return fused
+        return self._fuse_padded(semantic_logits, det.boxes, det.labels, det.scores, det.mask_logits, det.valid,
+                                 sizes)
 
     def _fuse_batch(self, semantic_logits: torch.Tensor, dets: list, sizes: list[tuple[int, int]]) -> list[_Fused]:
+        valid = [torch.ones(len(d.scores), dtype=torch.bool, device=self.device) for d in dets]
+        return self._fuse_padded(
+            semantic_logits, pad_instances([d.boxes.float() for d in dets]), pad_instances([d.labels for d in dets], 1),
+            pad_instances([d.scores.float() for d in dets]), pad_instances([d.mask_logits.float() for d in dets]),
+            pad_instances(valid, False), sizes, counts=[len(d.scores) for d in dets])
+
+    def _fuse_padded(self, semantic_logits: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
+                     scores: torch.Tensor, mask_logits: torch.Tensor, valid: torch.Tensor,
+                     sizes: list[tuple[int, int]], counts: list[int] | None = None) -> list[_Fused]:
+        """Batched fusion of detections padded to (B, N, ...), in groups of the images that share a fusion
+        grid; ``counts``: each image's real detections, to cut its rank to (all N slots when None)."""
         fused: list[_Fused | None] = [None] * len(sizes)
         for grid_hw, idx in self._by_grid(sizes):
-            group = [dets[i] for i in idx]
-            logits, boxes, area_scale = self._on_grid(_rows(semantic_logits, idx),
-                                                      pad_instances([d.boxes.float() for d in group]), grid_hw)
-            out = panoptic_fusion_batch(
-                logits, boxes, pad_instances([self._thing_lut[d.labels - 1] for d in group]),
-                pad_instances([d.scores.float() for d in group]), pad_instances([d.mask_logits.float() for d in group]),
-                pad_instances([torch.ones(len(d.scores), dtype=torch.bool, device=self.device) for d in group], False),
-                **self._fusion_kwargs(area_scale))
-            for j, (i, d) in enumerate(zip(idx, group)):
-                fused[i] = _Fused(out.class_map[j], out.instance_map[j], out.rank[j, :len(d.scores)])
+            logits, grid_boxes, area_scale = self._on_grid(_rows(semantic_logits, idx), _rows(boxes, idx), grid_hw)
+            out = panoptic_fusion_batch(logits, grid_boxes, self._thing_lut[_rows(labels, idx) - 1],
+                                        _rows(scores, idx), _rows(mask_logits, idx), _rows(valid, idx),
+                                        **self._fusion_kwargs(area_scale))
+            for j, i in enumerate(idx):
+                rank = out.rank[j] if counts is None else out.rank[j, :counts[i]]
+                fused[i] = _Fused(out.class_map[j], out.instance_map[j], rank)
         return fused
 
     def _collect(self, fused: list[_Fused], dets: list, sizes: list[tuple[int, int]]) -> list[PanopticResult]:
