@@ -390,6 +390,9 @@ def test_loader_detects_each_layout(tmp_path: Path, frames: list[PanopticFrame])
         assert detect_format(tmp_path / name) == name
         ds = open_dataset(tmp_path / name)
         assert isinstance(ds, cls) and ds.format == name and len(list(ds)) == 3
+        assert ds.sequences == ["seq-a"] and len(ds) == 3
+        with pytest.raises(DatasetError, match=r"no sequence 'seq-b' in .*known: \['seq-a'\]"):
+            next(iter(ds.frames("seq-b")))
     with pytest.raises(DatasetError, match="holds several datasets"):
         open_dataset(tmp_path)
     with pytest.raises(DatasetError, match="does not exist"):

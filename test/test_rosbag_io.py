@@ -186,6 +186,8 @@ def test_directory_of_bags_reads_as_sequences(tmp_path: Path) -> None:
     ds = open_dataset(tmp_path / "bags")
     assert ds.sequences == ["alpha", "beta"]
     assert [(f.sequence, f.frame_index) for f in ds] == [("alpha", 0), ("alpha", 1), ("beta", 0)]
+    with pytest.raises(DatasetError, match=r"no sequence 'gamma' in .*bags; known: \['alpha', 'beta'\]"):
+        next(iter(ds.frames("gamma")))
 
 
 @pytest.mark.parametrize("with_tf_static", [False, True])

@@ -67,7 +67,7 @@ from panoptic_ros.datasets.coco import (
     safe_name,
     write_png,
 )
-from panoptic_ros.datasets.types import DatasetError, FrameWriter, PanopticFrame
+from panoptic_ros.datasets.types import DatasetError, FrameWriter, PanopticFrame, SequenceIndex
 
 FORMAT_NAME = "cityscapes"
 
@@ -236,7 +236,7 @@ class _Entry:
     segments_info: list[dict]
 
 
-class CityscapesPanopticDataset:
+class CityscapesPanopticDataset(SequenceIndex[list[_Entry]]):
     """A Cityscapes split on disk (ours or the real dataset), read as PanopticFrames.
 
     Reads ``gtFine/cityscapes_panoptic_{split}.json`` (or its ``_trainId``
@@ -256,7 +256,8 @@ class CityscapesPanopticDataset:
             raise DatasetError(f"{self.root} has no gtFine folder; pass the Cityscapes root (the folder holding "
                                "gtFine/ and leftImg8bit/)")
         json_path = self._find_json(gt, split)
-        self._entries: dict[str, list[_Entry]] = {}
+        self._sequences: dict[str, list[_Entry]] = {}
+        self._origin = self.root
         if json_path is not None:
             self.split = json_path.stem.removeprefix("cityscapes_panoptic_").removesuffix("_trainId")
             self.json_path: Path | None = json_path
@@ -267,7 +268,7 @@ class CityscapesPanopticDataset:
             self.json_path = None
             self.panoptic_dir = gt / self.split
             self._load_instance_ids(gt / self.split)
-        for entries in self._entries.values():
+        for entries in self._sequences.values():
             entries.sort(key=lambda e: e.frame_index)
 
     @staticmethod
@@ -335,7 +336,7 @@ class CityscapesPanopticDataset:
             entry = _Entry(image_id, m["city"], int(image.get("frame_index", int(m["frame"]))),
                            int(image.get("stamp_ns", 0)), f"{image_id}_leftImg8bit.png",
                            str(ann["file_name"]), list(ann.get("segments_info", [])))
-            self._entries.setdefault(sequence, []).append(entry)
+            self._sequences.setdefault(sequence, []).append(entry)
 
     def _load_instance_ids(self, split_dir: Path) -> None:
         self._train_of, self._thing_of = {}, {}
@@ -345,23 +346,13 @@ class CityscapesPanopticDataset:
             if m is None:
                 raise DatasetError(f"{path}: name is not of the form <city>_<seq>_<frame>_gtFine_instanceIds.png")
             entry = _Entry(image_id, m["city"], int(m["frame"]), 0, f"{image_id}_leftImg8bit.png", None, [])
-            self._entries.setdefault(f"{m['city']}_{m['seq']}", []).append(entry)
-
-    @property
-    def sequences(self) -> list[str]:
-        return list(self._entries)
+            self._sequences.setdefault(f"{m['city']}_{m['seq']}", []).append(entry)
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._entries.values())
-
-    def __iter__(self) -> Iterator[PanopticFrame]:
-        for name in self.sequences:
-            yield from self.frames(name)
+        return sum(len(v) for v in self._sequences.values())
 
     def frames(self, sequence: str) -> Iterator[PanopticFrame]:
-        if sequence not in self._entries:
-            raise DatasetError(f"no sequence {sequence!r} in {self.root}; known: {self.sequences}")
-        for e in self._entries[sequence]:
+        for e in self._record(sequence):
             if e.panoptic_file is not None:
                 png = read_png(self.panoptic_dir / e.panoptic_file)
                 if png.ndim != 3:

@@ -45,7 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from panoptic_ros.classes import CITYSCAPES, VOID, ClassInfo, ClassTable
-from panoptic_ros.datasets.types import DatasetError, FrameWriter, ObjectAnnotation, PanopticFrame
+from panoptic_ros.datasets.types import DatasetError, FrameWriter, ObjectAnnotation, PanopticFrame, SequenceIndex
 from panoptic_ros.panoptic import MAX_TRACK_ID, unique_inverse
 
 STUFF_SEGMENT_BASE = 1 << 23
@@ -390,7 +390,7 @@ def _fallback_color(i: int) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(0, 256, 3))  # type: ignore[return-value]
 
 
-class CocoPanopticDataset:
+class CocoPanopticDataset(SequenceIndex[list[tuple[int, dict, dict]]]):
     """A COCO panoptic split on disk, read as PanopticFrames (see the module docstring for ids)."""
 
     format = FORMAT_NAME
@@ -419,32 +419,23 @@ class CocoPanopticDataset:
         self.classes, self.category_to_train_id = classes_from_categories(doc["categories"], where)
         self._is_thing = {cat: self.classes.classes[t].is_thing for cat, t in self.category_to_train_id.items()}
         annotations = {a.get("image_id"): a for a in doc["annotations"]}
-        self._entries: dict[str, list[tuple[int, dict, dict]]] = {}
+        self._sequences: dict[str, list[tuple[int, dict, dict]]] = {}
+        self._origin = self.json_path
         for ordinal, image in enumerate(doc["images"]):
             ann = annotations.get(image.get("id"))
             if ann is None:
                 raise DatasetError(f"{where}: image {image.get('id')!r} has no annotation")
             sequence = str(image.get("sequence", split))
             index = int(image.get("frame_index", ordinal))
-            self._entries.setdefault(sequence, []).append((index, image, ann))
-        for entries in self._entries.values():
+            self._sequences.setdefault(sequence, []).append((index, image, ann))
+        for entries in self._sequences.values():
             entries.sort(key=lambda e: e[0])
 
-    @property
-    def sequences(self) -> list[str]:
-        return list(self._entries)
-
     def __len__(self) -> int:
-        return sum(len(v) for v in self._entries.values())
-
-    def __iter__(self) -> Iterator[PanopticFrame]:
-        for name in self.sequences:
-            yield from self.frames(name)
+        return sum(len(v) for v in self._sequences.values())
 
     def frames(self, sequence: str) -> Iterator[PanopticFrame]:
-        if sequence not in self._entries:
-            raise DatasetError(f"no sequence {sequence!r} in {self.json_path}; known: {self.sequences}")
-        for index, image, ann in self._entries[sequence]:
+        for index, image, ann in self._record(sequence):
             where = f"{self.json_path.name}, image {image.get('id')!r}"
             png = read_png(self.png_dir / ann["file_name"])
             if png.ndim != 3:

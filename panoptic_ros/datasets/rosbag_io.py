@@ -69,7 +69,7 @@ from rosbags.typesys.store import Typestore
 from panoptic_ros.camera import CameraIntrinsics, CameraModel, CameraMounting
 from panoptic_ros.classes import CITYSCAPES, VOID, ClassInfo, ClassTable
 from panoptic_ros.datasets.coco import box_xywh_to_xyxy, check_frame, crowd_track_ids, stats_by_index
-from panoptic_ros.datasets.types import DatasetError, FrameWriter, ObjectAnnotation, PanopticFrame
+from panoptic_ros.datasets.types import DatasetError, FrameWriter, ObjectAnnotation, PanopticFrame, SequenceIndex
 from panoptic_ros.image_codec import (
     ImageDecodeError,
     compressed_to_numpy,
@@ -595,7 +595,7 @@ class _Pending:
     parts: dict[str, Any] = field(default_factory=dict)
 
 
-class RosbagDataset:
+class RosbagDataset(SequenceIndex[BagSequence]):
     """One rosbag2 directory, or a directory of them, read as PanopticFrames (see the module docstring).
 
     Sequence names: the bag's ``panoptic_ros.sequence`` custom data (else the
@@ -608,6 +608,7 @@ class RosbagDataset:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._sequences: dict[str, BagSequence] = {}
+        self._origin = self.path
         self.classes = CITYSCAPES
         for bag in _bag_dirs(self.path):
             reader = _open(bag)
@@ -647,18 +648,8 @@ class RosbagDataset:
             raise DatasetError(f"bag {bag}: bad class table on {topic}: {exc}") from None
         return CITYSCAPES
 
-    @property
-    def sequences(self) -> list[str]:
-        return list(self._sequences)
-
     def sequence_info(self, sequence: str) -> BagSequence:
-        if sequence not in self._sequences:
-            raise DatasetError(f"no sequence {sequence!r} in {self.path}; known: {self.sequences}")
-        return self._sequences[sequence]
-
-    def __iter__(self) -> Iterator[PanopticFrame]:
-        for name in self.sequences:
-            yield from self.frames(name)
+        return self._record(sequence)
 
     def frames(self, sequence: str) -> Iterator[PanopticFrame]:
         seq = self.sequence_info(sequence)

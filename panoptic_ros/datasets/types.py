@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Generic, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -61,6 +61,35 @@ class DatasetError(ValueError):
     Raised at the dataset boundary (readers and writers) with a message that
     names the offending file or value and says how to fix it.
     """
+
+
+R = TypeVar("R")
+
+
+class SequenceIndex(Generic[R]):
+    """What every dataset reader shares: named sequences, one record each (its frame entries, or what the
+    reader knows of it), a look-up that names the known sequences when it fails, and iteration over every
+    frame, sequence by sequence. A reader fills ``self._sequences`` (name -> record, in reading order), sets
+    ``self._origin`` (the file or folder its errors name) and defines ``frames(sequence)``."""
+
+    _sequences: dict[str, R]
+    _origin: Path
+
+    @property
+    def sequences(self) -> list[str]:
+        return list(self._sequences)
+
+    def _record(self, sequence: str) -> R:
+        if sequence not in self._sequences:
+            raise DatasetError(f"no sequence {sequence!r} in {self._origin}; known: {self.sequences}")
+        return self._sequences[sequence]
+
+    def frames(self, sequence: str) -> Iterator[PanopticFrame]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[PanopticFrame]:
+        for name in self.sequences:
+            yield from self.frames(name)
 
 
 class FrameWriter:

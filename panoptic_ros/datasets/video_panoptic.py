@@ -47,7 +47,7 @@ from panoptic_ros.datasets.coco import (
     segment_stats,
     write_png,
 )
-from panoptic_ros.datasets.types import DatasetError, FrameWriter, ObjectAnnotation, PanopticFrame
+from panoptic_ros.datasets.types import DatasetError, FrameWriter, ObjectAnnotation, PanopticFrame, SequenceIndex
 
 FORMAT_NAME = "video"
 SEQUENCES_JSON = "sequences.json"
@@ -221,14 +221,15 @@ class _FrameEntry:
     camera: CameraModel | None
 
 
-class VideoPanopticDataset:
+class VideoPanopticDataset(SequenceIndex[VideoSequenceInfo]):
     """A video panoptic directory (ours, or real KITTI-STEP), read sequence by sequence."""
 
     format = FORMAT_NAME
 
     def __init__(self, root: str | Path, split: str | None = None, fps: float = KITTI_FPS) -> None:
         self.root = Path(root)
-        self._info: dict[str, VideoSequenceInfo] = {}
+        self._sequences: dict[str, VideoSequenceInfo] = {}
+        self._origin = self.root
         self._frames: dict[str, list[_FrameEntry]] = {}
         json_path = self.root / SEQUENCES_JSON
         if json_path.is_file():
@@ -260,7 +261,7 @@ class VideoPanopticDataset:
                 info = VideoSequenceInfo(name, str(s["directory"]), str(s["split"]), fps, camera, len(entries))
             except (KeyError, TypeError, ValueError) as exc:
                 raise DatasetError(f"{where}: bad sequence entry ({exc})") from None
-            self._info[name] = info
+            self._sequences[name] = info
             self._frames[name] = sorted(entries, key=lambda e: e.frame_index)
 
     def _scan(self, split: str | None, fps: float) -> None:
@@ -282,24 +283,14 @@ class VideoPanopticDataset:
             for ordinal, p in enumerate(pngs):
                 index = int(p.stem) if p.stem.isdigit() else ordinal
                 entries.append(_FrameEntry(index, round(index * 1e9 / fps), p.name, None, None))
-            self._info[seq_dir.name] = VideoSequenceInfo(seq_dir.name, seq_dir.name, split, fps, None, len(entries))
+            self._sequences[seq_dir.name] = VideoSequenceInfo(seq_dir.name, seq_dir.name, split, fps, None, len(entries))
             self._frames[seq_dir.name] = entries
 
-    @property
-    def sequences(self) -> list[str]:
-        return list(self._info)
-
     def sequence_info(self, sequence: str) -> VideoSequenceInfo:
-        if sequence not in self._info:
-            raise DatasetError(f"no sequence {sequence!r} in {self.root}; known: {self.sequences}")
-        return self._info[sequence]
+        return self._record(sequence)
 
     def __len__(self) -> int:
-        return sum(i.num_frames for i in self._info.values())
-
-    def __iter__(self) -> Iterator[PanopticFrame]:
-        for name in self.sequences:
-            yield from self.frames(name)
+        return sum(i.num_frames for i in self._sequences.values())
 
     def frames(self, sequence: str) -> Iterator[PanopticFrame]:
         info = self.sequence_info(sequence)
