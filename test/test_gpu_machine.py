@@ -64,8 +64,9 @@ def test_the_gpu_checks_commands_run_without_ros_or_rosbags(tmp_path: Path) -> N
     assert 0.0 <= report["summary"]["pq"] <= 1.0
     assert (tmp_path / "bench" / "bench.json").exists()
     host = run([str(REPO / "tools" / "bench_host.py"), "--size", "64x128", "--cameras", "2", "--frames", "2",
-                "--repeats", "1", "--json", "host.json"], env, tmp_path)
+                "--repeats", "1", "--json", "host.json", "--model", str(model)], env, tmp_path)
     assert host.returncode == 0, host.stderr[-3000:]
+    assert json.loads((tmp_path / "host.json").read_text())["model"] == str(model)
     import torch
 
     if not torch.cuda.is_available():  # the script itself imports and gets as far as asking for the GPU

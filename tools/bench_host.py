@@ -41,6 +41,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=100_960)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--model", type=Path, default=None,
+                    help="model file whose output is timed (default: the shipped demo model)")
     args = ap.parse_args()
     import torch
 
@@ -54,7 +56,8 @@ def main() -> int:
 
     torch.set_num_threads(1)
     h, w = args.size
-    predictor = Predictor.from_file(default_model_path(), device="cpu")
+    model_path = args.model or default_model_path()
+    predictor = Predictor.from_file(model_path, device="cpu")
     cams = [f"cam{c}" for c in range(args.cameras)]
     frames, results = [], []
     for c in range(args.cameras):
@@ -90,7 +93,7 @@ def main() -> int:
                 stages[name].append((time.perf_counter() - t0) * 1e3)
             pipe.close()
     med = {k: float(np.median(v)) for k, v in stages.items()}
-    report = {"size": f"{h}x{w}", "cameras": args.cameras, "frames": args.frames, "repeats": args.repeats,
+    report = {"model": str(model_path), "size": f"{h}x{w}", "cameras": args.cameras, "frames": args.frames, "repeats": args.repeats,
               "objects_median": float(np.median(objects)), "median_ms": med,
               "p90_ms": {k: float(np.percentile(v, 90)) for k, v in stages.items()},
               "machine": f"{platform.processor() or platform.machine()}, {platform.python_version()}",
