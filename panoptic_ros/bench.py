@@ -237,8 +237,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="held-out frames each variant of ours is scored on (0 = skip the accuracy check)")
     p.add_argument("--max-pq-drop", type=float, default=0.005,
                    help="largest PQ an optimised variant may lose against ours-fp32 before the run fails")
-    p.add_argument("--iterations", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iterations", type=int, default=20,
+                   help="timed batches per variant, size and batch size (p50 / p99 are over these)")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed batches run first (allocation, CUDA graph capture, compilation)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--out", default="bench_out", help="directory for bench.json, bench.md, latency.png")
     p.set_defaults(func=run)

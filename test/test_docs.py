@@ -23,3 +23,16 @@ def test_the_two_commands_and_ci_agree():
 def test_every_subcommand_is_documented():
     for name, _ in SUBCOMMANDS:
         assert f"`{name}" in README, f"README lacks the {name} command"
+
+
+def test_every_option_of_every_subcommand_has_help():
+    import argparse
+
+    from panoptic_ros.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == {name for name, _ in SUBCOMMANDS}
+    missing = [f"{name} {a.option_strings[0] if a.option_strings else a.dest}"
+               for name, parser in sub.choices.items() for a in parser._actions
+               if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert not missing, f"options without --help text: {missing}"

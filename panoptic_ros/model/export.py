@@ -83,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--size", type=parse_size, default=None, metavar="HxW",
                    help="HxW input size (default: the model card's)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default: %(default)s)")
     p.set_defaults(func=run)
 
 

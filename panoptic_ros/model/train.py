@@ -619,6 +619,38 @@ def plot_losses(history: list[dict], path: Path) -> None:
 # ------------------------------------------------------------------------------ CLI
 
 
+# The numeric options of ``train``: (TrainSettings field, type, help).
+_NUMBER_OPTIONS: tuple[tuple[str, type, str], ...] = (
+    ("steps", int, "training steps; the learning-rate schedule runs over them unless --time-budget-s is set, "
+                   "and the run stops at them in any case"),
+    ("pairs_per_step", int, "frame pairs per step (two frames of one sequence each: a batch of twice as many)"),
+    ("warmup_steps", int, "steps of linear learning-rate warm-up before the cosine decay"),
+    ("seed", int, "seed of the frame sampling, the flips and the initialisation of new layers"),
+    ("train_seed_start", int, "first synthetic training sequence (generator seed)"),
+    ("train_sequences", int, "number of synthetic training sequences: seeds --train-seed-start onwards"),
+    ("frames_per_sequence", int, "frames in each synthetic training sequence"),
+    ("max_frame_gap", int, "most frames between the two frames of a pair"),
+    ("eval_seed_start", int, "first held-out sequence the card's PQ is measured on (keep it outside the training seeds)"),
+    ("eval_sequences", int, "held-out sequences the card's PQ is measured on"),
+    ("eval_frames", int, "frames of each held-out sequence scored"),
+    ("eval_frame_stride", int, "frames 0, s, 2s, ... of each held-out sequence are scored"),
+    ("eval_every", int, "steps between interim model files scored on the held-out frames (0 = only at the end)"),
+    ("checkpoint_every", int, "steps between saves of train_state/ (the resume point) and of loss_curves.png"),
+    ("threads", int, "torch CPU threads (0 = torch's default)"),
+    ("min_instance_area", int, "thing instances with fewer visible pixels are no box/mask targets (their pixels "
+                               "still teach the semantic head)"),
+    ("data_workers", int, "processes rendering synthetic frames (0 = in the training process; > 0 = step-keyed "
+                          "sampling, see above)"),
+    ("lr", float, "peak learning rate of AdamW (linear warm-up, then cosine decay to 5 %% of it)"),
+    ("weight_decay", float, "AdamW weight decay (not applied to biases and normalisation parameters)"),
+    ("grad_clip", float, "largest gradient norm; larger gradients are scaled down to it"),
+    ("ema_decay", float, "the exported weights are an exponential moving average of the trained ones with this "
+                         "decay (0 = export the trained weights)"),
+    ("time_budget_s", float, "> 0: the schedule runs over this many seconds of training time, and the run stops "
+                             "there (or at --steps, if sooner)"),
+)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the panoptic model (resumable)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -626,12 +658,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory (weights, card, loss curves, train_state/)")
     p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS), help="architecture preset")
     p.add_argument("--data", default=d.data, help="'synth' or a dataset directory (Cityscapes/COCO/video panoptic)")
-    for name in ("steps", "pairs_per_step", "warmup_steps", "seed", "train_seed_start", "train_sequences",
-                 "frames_per_sequence", "max_frame_gap", "eval_seed_start", "eval_sequences", "eval_frames",
-                 "eval_frame_stride", "eval_every", "checkpoint_every", "threads", "min_instance_area", "data_workers"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "weight_decay", "grad_clip", "ema_decay", "time_budget_s"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    for name, kind, text in _NUMBER_OPTIONS:
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(d, name),
+                       help=f"{text} (default: %(default)s)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--no-amp", dest="amp", action="store_false",
                    help="disable mixed precision on CUDA (bf16 autocast, or fp16 with gradient scaling)")
