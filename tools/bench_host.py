@@ -4,9 +4,10 @@
 On a GPU the network and fusion leave the CPU, but every frame still has to be
 tracked, encoded into the panoptic image and (when someone watches) drawn as
 an overlay at the camera's full resolution on the host. This times those
-stages on real model output: the shipped model segments synthetic street
-frames at its own input size and the predictor upsamples its maps to the
-frame size (1024x2048 by default), as the node does. Then, per stage, the
+stages on real model output: the shipped model (or ``--model PATH``, whose
+file the JSON report names) segments synthetic street frames at its own
+input size and the predictor upsamples its maps to the frame size (1024x2048
+by default), as the node does. Then, per stage, the
 median over ``--repeats`` runs of the sequence:
 
 - ``tracking``: ``Tracker.update`` (camera-motion estimation on, the default);
@@ -16,6 +17,7 @@ median over ``--repeats`` runs of the sequence:
   (tracking + encoding + ground positions) with ``tracking_threads`` 1 and 0.
 
     .venv/bin/python tools/bench_host.py --json out/bench_host.json
+    .venv/bin/python tools/bench_host.py --json out/bench_host-12.json --model runs/demo-ft14-320r/model.safetensors
 """
 from __future__ import annotations
 
