@@ -11,6 +11,7 @@ runs and other engineers' nodes on this machine never see each other.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import subprocess
@@ -18,7 +19,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
@@ -51,6 +52,34 @@ def ros_env(domain_id: int, **extra: str) -> dict[str, str]:
     env.pop("ROS_LOCALHOST_ONLY", None)  # deprecated; conflicts with the discovery range
     env.update(extra)
     return env
+
+
+def discover_locally(mp: Any, domain_id: int | None = None) -> None:
+    """This test process's discovery settings as a child's (:func:`ros_env`), through ``mp`` (a pytest
+    MonkeyPatch, undone after the test); rmw reads them when rclpy initialises."""
+    if domain_id is not None:
+        mp.setenv("ROS_DOMAIN_ID", str(domain_id))
+    mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
+
+
+@contextlib.contextmanager
+def own_context() -> Iterator[Any]:
+    """An rclpy context of our own on a random domain, discovery limited to this host."""
+    import pytest
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.signals import SignalHandlerOptions
+
+    mp = pytest.MonkeyPatch()
+    discover_locally(mp)
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        yield ctx
+    finally:
+        rclpy.shutdown(context=ctx)
+        mp.undo()
 
 
 def latched_qos() -> Any:

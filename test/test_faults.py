@@ -312,21 +312,12 @@ def _camera_counts(node: Any, key: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def context():
-    rclpy = pytest.importorskip("rclpy")
+    pytest.importorskip("rclpy")
     pytest.importorskip("panoptic_ros.msg")
-    from rclpy.context import Context
-    from rclpy.signals import SignalHandlerOptions
+    from helpers_ros import own_context
 
-    from helpers_ros import random_domain_id
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
-    yield ctx
-    rclpy.shutdown(context=ctx)
-    mp.undo()
+    with own_context() as ctx:
+        yield ctx
 
 
 @pytest.mark.timeout(120)

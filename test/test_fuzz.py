@@ -34,10 +34,9 @@ pytest.importorskip("panoptic_ros.msg")
 
 from rclpy.context import Context  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 
-from helpers_ros import random_domain_id  # noqa: E402
+from helpers_ros import discover_locally, own_context, random_domain_id  # noqa: E402
 from panoptic_ros.camera import CameraModel, CameraMounting  # noqa: E402
 from panoptic_ros.image_codec import (DEFAULT_MAX_PIXELS, ImageDecodeError, compressed_to_numpy,  # noqa: E402
                                       parse_compressed_format)
@@ -480,14 +479,8 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def context():
     """An rclpy context of our own on a random domain, discovery limited to this host."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=random_domain_id(), signal_handler_options=SignalHandlerOptions.NO)
-    yield ctx
-    rclpy.shutdown(context=ctx)
-    mp.undo()
+    with own_context() as ctx:
+        yield ctx
 
 
 def make_node(context: Context, model_path: Path, **params: Any):
@@ -625,8 +618,7 @@ def test_malformed_flood_over_dds_leaves_the_node_serving(model_path: Path, tmp_
     from panoptic_ros.msg import PanopticObjectArray
 
     mp = pytest.MonkeyPatch()
-    mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
+    discover_locally(mp)
     domain_id = random_domain_id()
     args = [f"{k}:={v}" for k, v in NODE_PARAMS.items()] + ["input_qos:=DEFAULT", "diagnostics_period_s:=0.2"]
     node = NodeProcess(model_path, args, tmp_path / "node.log", domain_id)

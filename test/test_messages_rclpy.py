@@ -10,6 +10,7 @@ import pytest
 
 from helpers_ros import (
     SAMPLES,
+    discover_locally,
     field_differences,
     latched_qos,
     message_fields,
@@ -151,8 +152,7 @@ def _receive_over_dds(kind: str, monkeypatch: pytest.MonkeyPatch, wait_s: float 
     domain_id = random_domain_id()
     topic = unique_topic(kind)
     # The same discovery settings as the child (helpers_ros.ros_env); rmw reads them at init.
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.delenv("ROS_LOCALHOST_ONLY", raising=False)
+    discover_locally(monkeypatch)
     publisher = start_publisher(kind, topic, domain_id, seconds=wait_s + 15)
     received: list = []
     context = Context()

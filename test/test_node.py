@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers_ros import REPO, random_domain_id, ros_env, stop_process
+from helpers_ros import REPO, discover_locally, random_domain_id, ros_env, stop_process
 
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("panoptic_ros.msg")
@@ -226,8 +226,7 @@ def model_path(tmp_path_factory) -> Path:
 def env_for_dds():
     """The probe's discovery settings must match the child's (helpers_ros.ros_env); rmw reads them at init."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
+    discover_locally(mp)
     yield
     mp.undo()
 

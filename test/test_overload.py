@@ -31,7 +31,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.signals import SignalHandlerOptions  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from helpers_ros import random_domain_id  # noqa: E402
+from helpers_ros import discover_locally, random_domain_id  # noqa: E402
 from panoptic_ros.ros import diagnostics  # noqa: E402
 from helpers_report import record
 from helpers_model import save_tiny_model
@@ -155,8 +155,7 @@ def test_three_times_the_processing_rate_over_dds_tells_transport_loss_from_drop
     from test_node import Diagnostics, NodeProcess, Probe, counts, stamp_of
 
     mp = pytest.MonkeyPatch()
-    mp.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    mp.delenv("ROS_LOCALHOST_ONLY", raising=False)
+    discover_locally(mp)
     domain_id = random_domain_id()
     node = NodeProcess(model_path, [f"{k}:={v}" for k, v in PARAMS.items()] + ["diagnostics_period_s:=0.2"],
                        tmp_path / "node.log", domain_id)

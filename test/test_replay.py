@@ -282,11 +282,9 @@ def test_live_replay_records_what_a_real_node_publishes(tmp_path: Path, model_pa
     pytest.importorskip("rclpy")
     import json
 
-    from helpers_ros import random_domain_id
+    from helpers_ros import discover_locally, random_domain_id
 
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(random_domain_id()))
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.delenv("ROS_LOCALHOST_ONLY", raising=False)
+    discover_locally(monkeypatch, random_domain_id())
     bag = bags["mcap"]
     # Lock-step: each image waits for the answers to the previous one, so "0 dropped" holds however loaded the
     # machine is. --rate 1000 would publish the whole bag within milliseconds and the node, which keeps only the
@@ -331,12 +329,10 @@ def test_lockstep_moves_past_a_frame_the_node_refuses(tmp_path: Path, model_path
     pytest.importorskip("rclpy")
     import json
 
-    from helpers_ros import random_domain_id
+    from helpers_ros import discover_locally, random_domain_id
     from test_datasets import make_frames
 
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(random_domain_id()))
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.delenv("ROS_LOCALHOST_ONLY", raising=False)
+    discover_locally(monkeypatch, random_domain_id())
     good = synth_frames(6, n=3)
     bad = make_frames(1, sequence=good[0].sequence, stamp0_ns=good[0].stamp_ns + 5 * 10**7)[0]  # 32x24 px
     bad.camera = good[0].camera
@@ -354,11 +350,9 @@ def test_lockstep_moves_past_a_frame_the_node_refuses(tmp_path: Path, model_path
 def test_live_replay_without_a_node_says_why(tmp_path: Path, model_path: Path, bags: dict[str, Path],
                                             capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("rclpy")
-    from helpers_ros import random_domain_id
+    from helpers_ros import discover_locally, random_domain_id
 
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(random_domain_id()))
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    monkeypatch.delenv("ROS_LOCALHOST_ONLY", raising=False)
+    discover_locally(monkeypatch, random_domain_id())
     rc, _, err = replay_cli([str(bags["mcap"]), "--out", str(tmp_path / "a"), "--live", "--node-running",
                              "--startup-timeout", "2"], model_path, capsys)
     line = one_error_line(err)
